@@ -1,0 +1,142 @@
+"""The ``starling`` command line. Transport only: each command parses options and calls one function.
+
+Heavy modules (torch, feast, polars pipelines) are imported inside commands so ``starling --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from starling.errors import StarlingError
+
+
+class _Group(click.Group):
+    """Reports :class:`StarlingError` as ``error: ...`` with exit code 2 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except StarlingError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="starling")
+def cli() -> None:
+    """Starling: a multi-stage movie recommender."""
+
+
+# --------------------------------------------------------------------------------------------------- data
+@cli.group(cls=_Group)
+def data() -> None:
+    """MovieLens ingestion."""
+
+
+@data.command("ingest")
+@click.argument("source")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Working directory.")
+@click.option(
+    "--on-bad",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="Stop at the first bad row, or drop bad rows and report how many of each kind.",
+)
+def data_ingest(source: str, out: Path, on_bad: str) -> None:
+    """Ingest SOURCE (a MovieLens directory, a dataset name, or synthetic[:N]) into canonical parquet."""
+    from starling.data.ingest import ingest
+
+    report = ingest(source, out, on_bad=on_bad)
+    click.echo(report.summary())
+
+
+# ----------------------------------------------------------------------------------------------- features
+@cli.group(cls=_Group)
+def features() -> None:
+    """Point-in-time features and the Feast online store."""
+
+
+@features.command("build")
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.option("--valid-frac", type=float, default=0.1, show_default=True, help="Share of ratings (by time) for valid.")
+@click.option("--test-frac", type=float, default=0.1, show_default=True, help="Share of ratings (by time) for test.")
+@click.option(
+    "--split",
+    "split_kind",
+    type=click.Choice(["time", "leave-last-out"]),
+    default="time",
+    show_default=True,
+    help="Global time cut-offs, or each user's last rating(s) held out.",
+)
+def features_build(workdir: Path, valid_frac: float, test_frac: float, split_kind: str) -> None:
+    """Build point-in-time samples, latest per-entity features and the feature spec in WORKDIR/features."""
+    from starling.features.build import SplitConfig, build_features
+
+    report = build_features(workdir, SplitConfig(kind=split_kind, valid_frac=valid_frac, test_frac=test_frac))
+    click.echo(report.summary())
+
+
+@features.command("materialize")
+@click.argument("workdir", type=click.Path(path_type=Path))
+def features_materialize(workdir: Path) -> None:
+    """Apply the Feast repo and materialize the latest features into the online store."""
+    from starling.featurestore import materialize
+
+    report = materialize(workdir)
+    click.echo(report.summary())
+
+
+@features.command("online")
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.option("--user", "user_ids", type=int, multiple=True, help="User id to read (repeatable).")
+@click.option("--movie", "movie_ids", type=int, multiple=True, help="Movie id to read (repeatable).")
+def features_online(workdir: Path, user_ids: tuple[int, ...], movie_ids: tuple[int, ...]) -> None:
+    """Print users' and movies' features as read back from the online store (JSON)."""
+    from starling.featurestore import read_online_features
+
+    result = read_online_features(workdir, user_ids=list(user_ids), movie_ids=list(movie_ids))
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
+# -------------------------------------------------------------------------------------------------- bench
+@cli.group(cls=_Group)
+def bench() -> None:
+    """Benchmarks; each prints one JSON object."""
+
+
+@bench.command("features")
+@click.option("--ratings", "n_ratings", type=int, default=100_000, show_default=True, help="Synthetic ratings.")
+@click.option("--source", default=None, help="Benchmark this source instead of synthetic data.")
+@click.option("--json", "as_json", is_flag=True, default=True, help="Print JSON (the default).")
+def bench_features(n_ratings: int, source: str | None, as_json: bool) -> None:
+    """Time `features build` on N synthetic ratings (or SOURCE): ratings, seconds, peak_rss_mb."""
+    from starling.features.bench import bench_features as run
+
+    click.echo(json.dumps(run(n_ratings=n_ratings, source=source)))
+
+
+# --------------------------------------------------------------------------------------------------- demo
+@cli.command("demo")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("work"), show_default=True)
+@click.option("--dataset", default="ml-latest-small", show_default=True, help="Dataset name, path or synthetic[:N].")
+def demo(workdir: Path, dataset: str) -> None:
+    """Run the whole pipeline on a laptop and show what it produced."""
+    from starling.demo import run_demo
+
+    run_demo(workdir, dataset)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Shared fixtures. Real data: the MovieLens ml-latest-small copy beside the checkout (never committed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from starling.config import REPO_ROOT
+
+ML_LATEST_SMALL = Path(
+    os.environ.get("STARLING_ML_LATEST_SMALL", REPO_ROOT.parent / "shared" / "data" / "ml-latest-small")
+)
+
+
+@pytest.fixture(scope="session")
+def ml_small_dir() -> Path:
+    """The real ml-latest-small directory; set STARLING_ML_LATEST_SMALL to point elsewhere."""
+    if not (ML_LATEST_SMALL / "ratings.csv").is_file():
+        pytest.fail(f"ml-latest-small not found at {ML_LATEST_SMALL} (set STARLING_ML_LATEST_SMALL)")
+    return ML_LATEST_SMALL
+
+
+@pytest.fixture(scope="session")
+def ml_small_ingested(ml_small_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workdir holding the canonical parquet of ml-latest-small (ingested once per session)."""
+    from starling.data.ingest import ingest
+
+    workdir = tmp_path_factory.mktemp("ml_small")
+    ingest(str(ml_small_dir), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def ml_small_features(ml_small_ingested: Path) -> Path:
+    """The same workdir after `features build` with the default split (built once per session)."""
+    from starling.features.build import SplitConfig, build_features
+
+    build_features(ml_small_ingested, SplitConfig())
+    return ml_small_ingested
