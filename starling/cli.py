@@ -63,8 +63,12 @@ def features() -> None:
 
 @features.command("build")
 @click.argument("workdir", type=click.Path(path_type=Path))
-@click.option("--valid-frac", type=float, default=0.1, show_default=True, help="Share of ratings (by time) for valid.")
-@click.option("--test-frac", type=float, default=0.1, show_default=True, help="Share of ratings (by time) for test.")
+@click.option(
+    "--valid-frac", type=float, default=0.1, show_default=True, help="Share of ratings (by time) for valid."
+)
+@click.option(
+    "--test-frac", type=float, default=0.1, show_default=True, help="Share of ratings (by time) for test."
+)
 @click.option(
     "--split",
     "split_kind",
@@ -103,6 +107,43 @@ def features_online(workdir: Path, user_ids: tuple[int, ...], movie_ids: tuple[i
     click.echo(json.dumps(result, indent=2, default=str))
 
 
+# ----------------------------------------------------------------------------------------------- training
+@cli.command("train")
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "model_name",
+    default="embedding_mlp",
+    show_default=True,
+    help="embedding_mlp, wide_deep, neural_cf, deepfm, din, or `all` (every model and the item embeddings).",
+)
+@click.option("--epochs", type=int, default=None, help="Maximum epochs (early stopping may end sooner).")
+@click.option(
+    "--publish/--no-publish",
+    default=True,
+    show_default=True,
+    help="Point `current` at the new version if it passes the quality gate.",
+)
+def train(workdir: Path, model_name: str, epochs: int | None, publish: bool) -> None:
+    """Train ranking model(s) and write a versioned artifact directory under WORKDIR/models."""
+    from training.train import train_command
+
+    report = train_command(workdir, model_name, epochs=epochs, publish=publish)
+    click.echo(report.summary())
+
+
+@cli.command("evaluate")
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics object as JSON instead of a table.")
+def evaluate(workdir: Path, as_json: bool) -> None:
+    """Evaluate ranking models, item embeddings and the full pipeline against baselines on the test split."""
+    from training.evaluate import evaluate as run
+    from training.evaluate import format_table
+
+    metrics = run(workdir)
+    click.echo(json.dumps(metrics, indent=2) if as_json else format_table(metrics))
+
+
 # -------------------------------------------------------------------------------------------------- bench
 @cli.group(cls=_Group)
 def bench() -> None:
@@ -110,7 +151,9 @@ def bench() -> None:
 
 
 @bench.command("features")
-@click.option("--ratings", "n_ratings", type=int, default=100_000, show_default=True, help="Synthetic ratings.")
+@click.option(
+    "--ratings", "n_ratings", type=int, default=100_000, show_default=True, help="Synthetic ratings."
+)
 @click.option("--source", default=None, help="Benchmark this source instead of synthetic data.")
 @click.option("--json", "as_json", is_flag=True, default=True, help="Print JSON (the default).")
 def bench_features(n_ratings: int, source: str | None, as_json: bool) -> None:
@@ -120,10 +163,22 @@ def bench_features(n_ratings: int, source: str | None, as_json: bool) -> None:
     click.echo(json.dumps(run(n_ratings=n_ratings, source=source)))
 
 
+@bench.command("train")
+@click.option("--batch-size", type=int, default=4096, show_default=True)
+@click.option("--json", "as_json", is_flag=True, default=True, help="Print JSON (the default).")
+def bench_train(batch_size: int, as_json: bool) -> None:
+    """Training throughput of embedding_mlp: samples_per_second on CPU (and CUDA when present)."""
+    from training.bench import bench_train as run
+
+    click.echo(json.dumps(run(batch_size=batch_size)))
+
+
 # --------------------------------------------------------------------------------------------------- demo
 @cli.command("demo")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("work"), show_default=True)
-@click.option("--dataset", default="ml-latest-small", show_default=True, help="Dataset name, path or synthetic[:N].")
+@click.option(
+    "--dataset", default="ml-latest-small", show_default=True, help="Dataset name, path or synthetic[:N]."
+)
 def demo(workdir: Path, dataset: str) -> None:
     """Run the whole pipeline on a laptop and show what it produced."""
     from starling.demo import run_demo
