@@ -37,3 +37,9 @@ format: setup
 
 clean:
 	rm -rf $(WORKDIR) .pytest_cache .ruff_cache
+
+PROTOS := $(wildcard protos/starling/v1/*.proto)
+
+.PHONY: protos
+protos: setup  ## regenerate starling/v1/*_pb2*.py from protos/
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)

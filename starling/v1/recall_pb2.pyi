@@ -1,0 +1,49 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RecallRequest(_message.Message):
+    __slots__ = ("user_id", "n", "excluded_movie_ids", "genres")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
+    GENRES_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    n: int
+    excluded_movie_ids: _containers.RepeatedScalarFieldContainer[int]
+    genres: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[int] = ..., n: _Optional[int] = ..., excluded_movie_ids: _Optional[_Iterable[int]] = ..., genres: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RecallResponse(_message.Message):
+    __slots__ = ("movie_ids", "scores", "channels", "user_has_embedding")
+    MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    USER_HAS_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    movie_ids: _containers.RepeatedScalarFieldContainer[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    user_has_embedding: bool
+    def __init__(self, movie_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., channels: _Optional[_Iterable[str]] = ..., user_has_embedding: _Optional[bool] = ...) -> None: ...
+
+class SimilarMoviesRequest(_message.Message):
+    __slots__ = ("movie_id", "k")
+    MOVIE_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    movie_id: int
+    k: int
+    def __init__(self, movie_id: _Optional[int] = ..., k: _Optional[int] = ...) -> None: ...
+
+class SimilarMoviesResponse(_message.Message):
+    __slots__ = ("movie_ids", "scores", "found")
+    MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    movie_ids: _containers.RepeatedScalarFieldContainer[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    found: bool
+    def __init__(self, movie_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., found: _Optional[bool] = ...) -> None: ...
