@@ -41,6 +41,20 @@ class Settings(BaseSettings):
     feast_online_path: Path | None = Field(None, description="sqlite online store path; default WORKDIR/feast/online.db.")
 
 
+    # --- services -----------------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface the gRPC services bind to (0.0.0.0 in Kubernetes).")
+    recommend_port: int = Field(50051, description="Public RecommendService port.")
+    candidates_port: int = 50052
+    recall_port: int = 50053
+    rerank_port: int = 50054
+    ranker_grpc_port: int = Field(8081, description="KServe ranker, Open Inference Protocol v2 over gRPC.")
+    ranker_http_port: int = Field(8080, description="KServe ranker, v2 REST.")
+    metrics_port: int = Field(0, description="Prometheus /metrics port of this process; 0 = gRPC port + 1000.")
+    grpc_workers: int = Field(0, description="Max concurrent RPCs per service; 0 = unlimited.")
+    shutdown_grace_s: float = Field(5.0, description="On SIGTERM: stop accepting, let in-flight RPCs finish.")
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()

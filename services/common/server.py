@@ -1,0 +1,101 @@
+"""One bootstrap for every gRPC service: grpc.aio server, standard health and reflection, Prometheus
+interceptor and /metrics port, JSON logs, and a graceful drain on SIGTERM.
+
+A service module only provides a ``register`` function that adds its servicers and returns their full
+service names; :func:`run_service` does the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import starling
+from services.common.jsonlog import configure_logging
+from services.common.observability import BUILD_INFO, MetricsInterceptor, start_metrics_server
+from starling.config import get_settings
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+Register = Callable[[grpc.aio.Server], Awaitable[Sequence[str]]]
+
+
+@dataclass
+class RunningService:
+    """A started server, for tests and for :func:`run_service`."""
+
+    name: str
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    metrics_port: int
+    service_names: Sequence[str]
+
+    async def drain_and_stop(self, grace_s: float) -> None:
+        """Report NOT_SERVING (so load balancers stop routing), then let in-flight calls finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+async def start_service(
+    name: str, register: Register, port: int, metrics_port: int | None = None
+) -> RunningService:
+    """Build and start the server for one service; returns once it accepts calls."""
+    settings = get_settings()
+    server = grpc.aio.server(
+        interceptors=[MetricsInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=settings.grpc_workers or None,
+    )
+    service_names = list(await register(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    bound_port = server.add_insecure_port(f"{settings.host}:{port}")
+    if bound_port == 0:
+        raise OSError(f"{name}: could not bind {settings.host}:{port}")
+    if metrics_port is None:
+        metrics_port = settings.metrics_port or bound_port + 1000
+    bound_metrics_port = start_metrics_server(metrics_port, settings.host)
+    BUILD_INFO.labels(name, starling.__version__).set(1)
+    await server.start()
+    for service_name in ["", *service_names]:
+        await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningService(name, server, health_servicer, bound_port, bound_metrics_port, service_names)
+
+
+async def _serve_until_signalled(name: str, register: Register, port: int) -> None:
+    log = configure_logging(name)
+    running = await start_service(name, register, port)
+    log.info("serving", extra={"port": running.port, "metrics_port": running.metrics_port})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    grace = get_settings().shutdown_grace_s
+    log.info("draining", extra={"grace_s": grace})
+    await running.drain_and_stop(grace)
+    log.info("stopped")
+
+
+def run_service(name: str, register: Register, port: int) -> None:
+    """Entry point of a service process: serve until SIGTERM/SIGINT, then drain and exit."""
+    try:
+        asyncio.run(_serve_until_signalled(name, register, port))
+    except OSError as exc:
+        logging.getLogger(f"starling.{name}").error("cannot start: %s", exc)
+        raise SystemExit(1) from exc

@@ -1,0 +1,105 @@
+"""services/common against a real grpc.aio server: health, reflection, metrics, error mapping, deadlines, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.common.deadlines import downstream_timeout
+from services.common.jsonlog import JsonFormatter
+from services.common.server import start_service
+
+PROBE_SERVICE = "starling.test.Probe"
+
+
+async def _register_probe(server: grpc.aio.Server) -> list[str]:
+    """A raw-bytes service: /Timeout answers the propagated downstream timeout, /Boom raises."""
+
+    async def timeout(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return f"{downstream_timeout(context, 10.0):.3f}".encode()
+
+    async def boom(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raise RuntimeError("kaboom")
+
+    handlers = {
+        "Timeout": grpc.unary_unary_rpc_method_handler(timeout),
+        "Boom": grpc.unary_unary_rpc_method_handler(boom),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PROBE_SERVICE, handlers),))
+    return [PROBE_SERVICE]
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def test_server_health_reflection_metrics_errors_and_drain() -> None:
+    async def scenario() -> None:
+        running = await start_service("probe", _register_probe, port=0, metrics_port=0)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=PROBE_SERVICE))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await health.Check(health_pb2.HealthCheckRequest(service="nope"))
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            responses = reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            async for response in responses:
+                names = {s.name for s in response.list_services_response.service}
+                assert {PROBE_SERVICE, "grpc.health.v1.Health"} <= names
+                break
+
+            call_timeout = channel.unary_unary(f"/{PROBE_SERVICE}/Timeout")
+            assert float(await call_timeout(b"")) == pytest.approx(10.0)
+            propagated = float(await call_timeout(b"", timeout=0.5))
+            assert 0.3 < propagated < 0.5, "the caller's deadline must cut the downstream budget"
+
+            with pytest.raises(grpc.aio.AioRpcError) as boom:
+                await channel.unary_unary(f"/{PROBE_SERVICE}/Boom")(b"")
+            assert boom.value.code() == grpc.StatusCode.INTERNAL
+            assert "RuntimeError" in boom.value.details()
+
+            text = _metrics(running.metrics_port)
+            assert 'starling_grpc_server_handled_total{grpc_code="OK",grpc_method="Timeout"' in text
+            assert 'grpc_code="INTERNAL",grpc_method="Boom"' in text
+            assert 'grpc_code="NOT_FOUND",grpc_method="Check"' in text
+            assert "starling_grpc_server_handling_seconds_bucket" in text
+
+            # The server survived the exception and still answers.
+            assert (
+                await health.Check(health_pb2.HealthCheckRequest())
+            ).status == health_pb2.HealthCheckResponse.SERVING
+            await running.health.enter_graceful_shutdown()
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=PROBE_SERVICE))
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        await running.server.stop(0.1)
+
+    asyncio.run(scenario())
+
+
+def test_json_log_lines_carry_extra_fields_and_tracebacks() -> None:
+    formatter = JsonFormatter("probe")
+    record = logging.makeLogRecord(
+        {"msg": "served %d", "args": (3,), "levelname": "INFO", "name": "x", "user_id": 7}
+    )
+    entry = json.loads(formatter.format(record))
+    assert entry["message"] == "served 3" and entry["service"] == "probe" and entry["user_id"] == 7
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        import sys
+
+        record = logging.makeLogRecord({"msg": "oops", "levelname": "ERROR", "exc_info": sys.exc_info()})
+    assert "ValueError: bad" in json.loads(formatter.format(record))["exception"]
