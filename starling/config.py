@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(5.0, description="On SIGTERM: stop accepting, let in-flight RPCs finish.")
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
+    rerank_rules: Path | None = Field(None, description="Re-ranking rules YAML; default services/rerank/rules.yaml.")
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from services.common.errors import RequestError
+
 log = logging.getLogger("starling.grpc")
 
 # Buckets in seconds, dense between 0.5 ms and 250 ms where the stages live.
@@ -86,6 +88,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
+            except RequestError as exc:
+                code = exc.code
+                await context.abort(exc.code, str(exc))
             except Exception as exc:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("unhandled error in %s/%s", service, method)

@@ -1,0 +1,87 @@
+"""The movie catalog as columnar arrays, shared by every service (loaded once per process).
+
+Lookups are vectorized: ids map to row positions with ``np.searchsorted`` over the sorted id array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from starling.errors import StarlingError
+
+
+@dataclass(frozen=True)
+class Catalog:
+    movie_ids: np.ndarray  # int64, sorted ascending
+    titles: np.ndarray  # object (str)
+    release_years: np.ndarray  # int32, 0 = unknown
+    genre_names: tuple[str, ...]
+    genre_matrix: np.ndarray  # bool [movies, genres]
+    primary_genre: np.ndarray  # int32 index into genre_names, -1 = none
+    rating_counts: np.ndarray  # int64: ratings seen in the data (popularity)
+
+    def __len__(self) -> int:
+        return len(self.movie_ids)
+
+    def positions(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """Row positions of ``ids``; -1 where an id is not in the catalog."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(self.movie_ids, ids)
+        pos = np.minimum(pos, max(len(self.movie_ids) - 1, 0))
+        found = len(self.movie_ids) > 0 and self.movie_ids[pos] == ids
+        return np.where(found, pos, -1)
+
+    def genre_mask(self, genres: list[str] | tuple[str, ...]) -> np.ndarray:
+        """Movies having at least one of ``genres`` (all movies when ``genres`` is empty)."""
+        if not genres:
+            return np.ones(len(self), dtype=bool)
+        unknown = sorted(set(genres) - set(self.genre_names))
+        if unknown:
+            raise ValueError(f"unknown genre(s) {unknown}; known: {', '.join(self.genre_names)}")
+        columns = [self.genre_names.index(g) for g in genres]
+        return self.genre_matrix[:, columns].any(axis=1)
+
+    def genres_of(self, position: int) -> list[str]:
+        return [self.genre_names[g] for g in np.flatnonzero(self.genre_matrix[position])]
+
+    @classmethod
+    def from_frames(cls, movies: pl.DataFrame, ratings: pl.DataFrame | None = None) -> Catalog:
+        movies = movies.sort("movie_id")
+        genre_names = tuple(sorted(movies["genres"].explode().drop_nulls().unique().to_list()))
+        exploded = movies.select(pl.int_range(pl.len()).alias("row"), "genres").explode("genres").drop_nulls()
+        matrix = np.zeros((movies.height, len(genre_names)), dtype=bool)
+        genre_index = {name: i for i, name in enumerate(genre_names)}
+        if exploded.height:
+            cols = exploded["genres"].replace_strict(genre_index, return_dtype=pl.Int32).to_numpy()
+            matrix[exploded["row"].to_numpy(), cols] = True
+        first = movies["genres"].list.first().replace_strict(genre_index, default=-1, return_dtype=pl.Int32)
+        counts = np.zeros(movies.height, dtype=np.int64)
+        if ratings is not None and ratings.height:
+            per_movie = ratings.group_by("movie_id").len()
+            joined = movies.select("movie_id").join(
+                per_movie, on="movie_id", how="left", maintain_order="left"
+            )
+            counts = joined["len"].fill_null(0).to_numpy().astype(np.int64)
+        return cls(
+            movie_ids=movies["movie_id"].to_numpy().astype(np.int64),
+            titles=np.asarray(movies["title"].to_list(), dtype=object),
+            release_years=movies["release_year"].fill_null(0).to_numpy().astype(np.int32),
+            genre_names=genre_names,
+            genre_matrix=matrix,
+            primary_genre=first.fill_null(-1).to_numpy().astype(np.int32),
+            rating_counts=counts,
+        )
+
+    @classmethod
+    def from_workdir(cls, workdir: Path) -> Catalog:
+        movies_path, ratings_path = workdir / "movies.parquet", workdir / "ratings.parquet"
+        if not movies_path.is_file():
+            raise StarlingError(
+                f"{movies_path} not found: run `starling data ingest SOURCE --out {workdir}` first"
+            )
+        ratings = pl.read_parquet(ratings_path, columns=["movie_id"]) if ratings_path.is_file() else None
+        return cls.from_frames(pl.read_parquet(movies_path), ratings)

@@ -1,0 +1,53 @@
+"""Request errors raised by service logic; the shared interceptor turns them into gRPC status codes.
+
+Logic stays free of gRPC: it raises ``InvalidArgument("k must be 1..500, got 0")`` and the caller sees
+``INVALID_ARGUMENT`` with that message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+
+
+class RequestError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgument(RequestError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(RequestError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(RequestError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+MAX_K = 500
+
+
+def check_k(k: int, field: str = "k") -> int:
+    if not 1 <= k <= MAX_K:
+        raise InvalidArgument(f"{field} must be between 1 and {MAX_K}, got {k}")
+    return k
+
+
+def check_id(value: int, field: str) -> int:
+    if value < 0:
+        raise InvalidArgument(f"{field} must be >= 0, got {value}")
+    return value
+
+
+def check_ids(values: Sequence[int], field: str, limit: int = 10_000) -> np.ndarray:
+    """The ids as an int64 array; rejects oversized lists and negative ids."""
+    if len(values) > limit:
+        raise InvalidArgument(f"{field} holds {len(values)} ids; at most {limit} are accepted")
+    ids = np.asarray(values, dtype=np.int64)
+    if ids.size and ids.min() < 0:
+        raise InvalidArgument(f"{field} must hold ids >= 0, got {int(ids.min())}")
+    return ids

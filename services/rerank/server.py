@@ -1,0 +1,79 @@
+"""RerankService over gRPC: transport only; the logic is services/rerank/logic.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from services.common.catalog import Catalog
+from services.common.errors import InvalidArgument, check_ids, check_k
+from services.common.server import run_service
+from services.rerank.logic import DEFAULT_RULES_PATH, RerankRules, load_rules, rerank
+from starling.config import get_settings
+from starling.v1 import rerank_pb2, rerank_pb2_grpc
+
+
+class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
+    def __init__(self, catalog: Catalog, rules: RerankRules) -> None:
+        self.catalog = catalog
+        self.rules = rules
+        self.max_rating_count = int(catalog.rating_counts.max(initial=0))
+        self.genre_vectors = catalog.genre_matrix.astype(np.float32)
+
+    async def Rerank(self, request: rerank_pb2.RerankRequest, context: grpc.aio.ServicerContext):
+        k = check_k(request.k)
+        movie_ids = check_ids(request.movie_ids, "movie_ids")
+        n = len(movie_ids)
+        if len(request.scores) != n or len(request.channels) != n:
+            raise InvalidArgument(
+                f"movie_ids, scores and channels must have equal lengths, got {n}, "
+                f"{len(request.scores)}, {len(request.channels)}"
+            )
+        scores = np.asarray(request.scores, dtype=np.float32)
+        if not np.isfinite(scores).all():
+            raise InvalidArgument("scores must be finite numbers")
+        now = request.time.ToDatetime(dt.UTC) if request.HasField("time") else dt.datetime.now(dt.UTC)
+
+        pos = self.catalog.positions(movie_ids)
+        known = pos >= 0
+        safe = np.where(known, pos, 0)
+        top, adjusted = rerank(
+            scores,
+            movie_ids,
+            np.where(known, self.catalog.release_years[safe], 0),
+            np.where(known, self.catalog.rating_counts[safe], 0),
+            np.where(known, self.catalog.primary_genre[safe], -1),
+            np.where(known[:, None], self.genre_vectors[safe], 0.0),
+            k=k,
+            current_year=now.year,
+            max_rating_count=self.max_rating_count,
+            rules=self.rules,
+        )
+        channels = np.asarray(request.channels, dtype=object)
+        return rerank_pb2.RerankResponse(
+            movie_ids=movie_ids[top].tolist(), scores=adjusted.tolist(), channels=channels[top].tolist()
+        )
+
+
+def build_servicer(workdir: Path, rules_path: Path = DEFAULT_RULES_PATH) -> RerankServicer:
+    return RerankServicer(Catalog.from_workdir(workdir), load_rules(rules_path))
+
+
+def main() -> None:
+    settings = get_settings()
+
+    async def register(server: grpc.aio.Server) -> list[str]:
+        rules_path = settings.rerank_rules or DEFAULT_RULES_PATH
+        rerank_pb2_grpc.add_RerankServiceServicer_to_server(
+            build_servicer(settings.workdir, rules_path), server
+        )
+        return [rerank_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name]
+
+    run_service("rerank", register, settings.rerank_port)
+
+
+if __name__ == "__main__":
+    main()
