@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STARLING_", extra="ignore")
 
     # --- data -------------------------------------------------------------------------------------------------
-    workdir: Path = Field(Path("work"), description="Default working directory for data, features and models.")
+    workdir: Path = Field(
+        Path("work"), description="Default working directory for data, features and models."
+    )
     datasets_dir: Path = Field(
         Path.home() / ".cache" / "starling" / "datasets",
         description="Where downloaded MovieLens archives are unpacked (and looked for).",
@@ -38,8 +40,15 @@ class Settings(BaseSettings):
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_connection_string: str = "127.0.0.1:6379"
     feast_registry: Path | None = Field(None, description="Registry path; default WORKDIR/feast/registry.db.")
-    feast_online_path: Path | None = Field(None, description="sqlite online store path; default WORKDIR/feast/online.db.")
+    feast_online_path: Path | None = Field(
+        None, description="sqlite online store path; default WORKDIR/feast/online.db."
+    )
 
+    # --- training (training/loop.py, training/train.py) -----------------------------------------------------
+    progress: bool = Field(True, description="Show tqdm progress bars (only on a terminal); 0 turns them off.")
+    train_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Device for training: CUDA when available (auto), or forced."
+    )
 
     # --- services -----------------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface the gRPC services bind to (0.0.0.0 in Kubernetes).")
@@ -49,12 +58,24 @@ class Settings(BaseSettings):
     rerank_port: int = 50054
     ranker_grpc_port: int = Field(8081, description="KServe ranker, Open Inference Protocol v2 over gRPC.")
     ranker_http_port: int = Field(8080, description="KServe ranker, v2 REST.")
-    metrics_port: int = Field(0, description="Prometheus /metrics port of this process; 0 = gRPC port + 1000.")
+    metrics_port: int = Field(
+        0, description="Prometheus /metrics port of this process; 0 = gRPC port + 1000."
+    )
     grpc_workers: int = Field(0, description="Max concurrent RPCs per service; 0 = unlimited.")
     shutdown_grace_s: float = Field(5.0, description="On SIGTERM: stop accepting, let in-flight RPCs finish.")
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
-    rerank_rules: Path | None = Field(None, description="Re-ranking rules YAML; default services/rerank/rules.yaml.")
+    milvus_uri: str = Field(
+        "", description="Milvus server URI, or empty for a milvus-lite file WORKDIR/milvus.db."
+    )
+    recall_embedding: Literal["item2vec", "two_tower"] = Field(
+        "item2vec", description="Embedding for ANN recall."
+    )
+    recall_size: int = Field(500, description="Candidates recall hands to the ranker.")
+    rerank_rules: Path | None = Field(
+        None, description="Re-ranking rules YAML; default services/rerank/rules.yaml."
+    )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
