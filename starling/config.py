@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     feast_online_path: Path | None = Field(
         None, description="sqlite online store path; default WORKDIR/feast/online.db."
     )
+    feast_project: str = Field(
+        "starling", description="Feast project; namespaces registry objects and online-store keys."
+    )
 
     # --- training (training/loop.py, training/train.py) -----------------------------------------------------
     progress: bool = Field(True, description="Show tqdm progress bars (only on a terminal); 0 turns them off.")
@@ -72,9 +75,25 @@ class Settings(BaseSettings):
         "item2vec", description="Embedding for ANN recall."
     )
     recall_size: int = Field(500, description="Candidates recall hands to the ranker.")
+    candidates_timeout_ms: int = Field(30, description="Per-stage deadline of the recommend orchestrator.")
+    recall_timeout_ms: int = 60
+    ranker_timeout_ms: int = 80
+    rerank_timeout_ms: int = 30
+    candidates_target: str = Field("", description="host:port of CandidateService; default 127.0.0.1:port.")
+    recall_target: str = ""
+    rerank_target: str = ""
+    ranker_target: str = Field("", description="host:port of the ranker's v2 gRPC endpoint.")
+    ranker_model_name: str = Field("starling-ranker", description="KServe model name of the ranker.")
     rerank_rules: Path | None = Field(
         None, description="Re-ranking rules YAML; default services/rerank/rules.yaml."
     )
+
+
+def stage_target(settings: Settings, stage: Literal["candidates", "recall", "rerank", "ranker"]) -> str:
+    """Where the recommend orchestrator reaches a stage: the configured target, else the local default port."""
+    configured = getattr(settings, f"{stage}_target")
+    port = settings.ranker_grpc_port if stage == "ranker" else getattr(settings, f"{stage}_port")
+    return configured or f"127.0.0.1:{port}"
 
 
 @lru_cache(maxsize=1)

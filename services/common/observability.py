@@ -52,6 +52,22 @@ SERVER_HANDLED = Counter(
     "gRPC calls completed, by method and status code.",
     ["grpc_service", "grpc_method", "grpc_code"],
 )
+STAGE_LATENCY = Histogram(
+    "starling_stage_seconds",
+    "Time spent in one pipeline stage of a recommendation (client side, including the network).",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+STAGE_FALLBACKS = Counter(
+    "starling_stage_fallbacks_total",
+    "Requests served with a fallback because a stage failed or timed out, by stage and reason.",
+    ["stage", "reason"],
+)
+MODEL_INFO = Gauge("starling_model_info", "1 for the model version currently served.", ["version"])
+FEATURE_FRESHNESS = Gauge(
+    "starling_feature_materialized_timestamp_seconds",
+    "Unix time of the latest Feast materialization that the serving process has loaded.",
+)
 BUILD_INFO = Gauge(
     "starling_build_info", "Always 1; labels tell the service and version.", ["service", "version"]
 )

@@ -1,0 +1,91 @@
+"""The recommend orchestrator's pure parts: request checks, fallbacks and response assembly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.common.catalog import Catalog
+from services.common.errors import InvalidArgument, check_id, check_ids, check_k
+from starling.v1 import common_pb2, recommend_pb2
+
+MAX_EXCLUDED = 10_000
+MAX_GENRES = 32
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    user_id: int
+    k: int
+    genres: tuple[str, ...]
+    excluded: np.ndarray
+
+
+def validate_recommend(request: recommend_pb2.RecommendRequest, catalog: Catalog) -> ValidRequest:
+    """Raise InvalidArgument with what is wrong; return the checked fields."""
+    user_id = check_id(request.user_id, "user_id")
+    k = check_k(request.k)
+    genres = tuple(request.context.genres)
+    if len(genres) > MAX_GENRES:
+        raise InvalidArgument(f"context.genres holds {len(genres)} genres; at most {MAX_GENRES} are accepted")
+    try:
+        catalog.genre_mask(genres)
+    except ValueError as exc:
+        raise InvalidArgument(f"context.genres: {exc}") from exc
+    excluded = check_ids(request.context.exclude_movie_ids, "context.exclude_movie_ids", limit=MAX_EXCLUDED)
+    return ValidRequest(user_id, k, genres, excluded)
+
+
+@dataclass
+class Ranked:
+    """Candidates as columns; what each stage hands to the next."""
+
+    movie_ids: np.ndarray
+    scores: np.ndarray
+    channels: np.ndarray
+    degraded: list[common_pb2.Degradation] = field(default_factory=list)
+
+    def degrade(self, stage: str, reason: str) -> None:
+        self.degraded.append(common_pb2.Degradation(stage=stage, reason=reason))
+
+
+def popular_fallback(
+    catalog: Catalog, popularity_order: np.ndarray, excluded: np.ndarray, genres: tuple[str, ...], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The most rated eligible movies (used when recall is down): (movie ids, scores)."""
+    eligible = catalog.genre_mask(genres)
+    pos = catalog.positions(excluded)
+    eligible[pos[pos >= 0]] = False
+    rows = popularity_order[eligible[popularity_order]][:n]
+    return catalog.movie_ids[rows], catalog.rating_counts[rows].astype(np.float32)
+
+
+def recall_order_scores(n: int) -> np.ndarray:
+    """Scores that keep recall's order when the ranker is down: 1.0 for the first, falling linearly."""
+    return (1.0 - np.arange(n, dtype=np.float32) / max(n, 1)).astype(np.float32)
+
+
+def top_k_by_score(movie_ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the top k by score (ties by movie id), used when re-ranking is down."""
+    return np.lexsort((movie_ids, -scores.astype(np.float64)))[:k]
+
+
+def build_items(
+    catalog: Catalog, movie_ids: np.ndarray, scores: np.ndarray, channels: np.ndarray
+) -> list[recommend_pb2.RecommendedItem]:
+    """Response items with titles, genres and years from the catalog (one message per returned movie)."""
+    pos = catalog.positions(movie_ids)
+    return [
+        recommend_pb2.RecommendedItem(
+            movie_id=int(movie_id),
+            title=str(catalog.titles[p]) if p >= 0 else "",
+            score=float(score),
+            channel=str(channel),
+            genres=catalog.genres_of(p) if p >= 0 else [],
+            release_year=int(catalog.release_years[p]) if p >= 0 else 0,
+        )
+        for movie_id, p, score, channel in zip(
+            movie_ids.tolist(), pos.tolist(), scores.tolist(), channels.tolist(), strict=True
+        )
+    ]

@@ -1,0 +1,261 @@
+"""RecommendService: the orchestrator. Calls candidates -> recall -> ranker -> rerank with per-stage
+deadlines (cut to the caller's own deadline); a stage that fails or times out is replaced by its fallback
+and named in ``degraded``:
+
+- candidates down: exclude only what the request excludes;
+- recall down: the most popular eligible movies;
+- ranker down: recall's order; user features missing: the ranker's defaults (reported as "features");
+- rerank down: top k by score.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import numpy as np
+from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+from services.common.catalog import Catalog
+from services.common.deadlines import downstream_timeout
+from services.common.errors import InvalidArgument, NotFound, check_id, check_k
+from services.common.observability import MODEL_INFO, STAGE_FALLBACKS, STAGE_LATENCY
+from services.common.server import run_service
+from services.recommend.logic import (
+    Ranked,
+    build_items,
+    popular_fallback,
+    recall_order_scores,
+    top_k_by_score,
+    validate_recommend,
+)
+from starling.config import Settings, get_settings, stage_target
+from starling.v1 import (
+    candidates_pb2,
+    candidates_pb2_grpc,
+    recall_pb2,
+    recall_pb2_grpc,
+    recommend_pb2,
+    recommend_pb2_grpc,
+    rerank_pb2,
+    rerank_pb2_grpc,
+)
+
+log = logging.getLogger("starling.recommend")
+T = TypeVar("T")
+
+
+class StageFailed(Exception):
+    """A downstream stage did not answer in time or answered with an error."""
+
+
+async def _timed(stage: str, call: Awaitable[T]) -> T:
+    start = time.perf_counter()
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            raise InvalidArgument(exc.details() or "invalid argument") from exc
+        raise StageFailed(f"{exc.code().name}: {exc.details()}") from exc
+    except Exception as exc:  # a client-side failure (e.g. a malformed reply) is also a stage failure
+        raise StageFailed(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        STAGE_LATENCY.labels(stage).observe(time.perf_counter() - start)
+
+
+class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
+    def __init__(self, catalog: Catalog, settings: Settings) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self.popularity_order = np.lexsort((catalog.movie_ids, -catalog.rating_counts))
+        options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        self.candidates = candidates_pb2_grpc.CandidateServiceStub(
+            grpc.aio.insecure_channel(stage_target(settings, "candidates"), options=options)
+        )
+        self.recall = recall_pb2_grpc.RecallServiceStub(
+            grpc.aio.insecure_channel(stage_target(settings, "recall"), options=options)
+        )
+        self.rerank = rerank_pb2_grpc.RerankServiceStub(
+            grpc.aio.insecure_channel(stage_target(settings, "rerank"), options=options)
+        )
+        self.ranker = InferenceGRPCClient(stage_target(settings, "ranker"), retries=0, timeout=None)
+
+    def _budget(self, context: grpc.aio.ServicerContext, stage: str) -> float:
+        return downstream_timeout(context, getattr(self.settings, f"{stage}_timeout_ms") / 1000.0)
+
+    def _fallback(self, ranked: Ranked, stage: str, reason: str) -> None:
+        STAGE_FALLBACKS.labels(stage, reason.split(":")[0]).inc()
+        ranked.degrade(stage, reason)
+
+    async def Recommend(self, request: recommend_pb2.RecommendRequest, context: grpc.aio.ServicerContext):
+        req = validate_recommend(request, self.catalog)
+        request_id = uuid.uuid4().hex
+        ranked = Ranked(np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, object))
+
+        # 1. candidates: the eligible pool, as exclusions + genre filter.
+        try:
+            pool = await _timed(
+                "candidates",
+                self.candidates.GetCandidates(
+                    candidates_pb2.GetCandidatesRequest(user_id=req.user_id, context=request.context),
+                    timeout=self._budget(context, "candidates"),
+                ),
+            )
+            excluded, known_user = np.asarray(pool.excluded_movie_ids, dtype=np.int64), pool.known_user
+        except StageFailed as exc:
+            self._fallback(ranked, "candidates", f"{exc}; excluded only the request's exclusions")
+            excluded, known_user = req.excluded, True
+
+        # 2. recall: about 500 candidates from several channels.
+        try:
+            recalled = await _timed(
+                "recall",
+                self.recall.Recall(
+                    recall_pb2.RecallRequest(
+                        user_id=req.user_id,
+                        n=self.settings.recall_size,
+                        excluded_movie_ids=excluded.tolist(),
+                        genres=list(req.genres),
+                    ),
+                    timeout=self._budget(context, "recall"),
+                ),
+            )
+            ranked.movie_ids = np.asarray(recalled.movie_ids, dtype=np.int64)
+            ranked.channels = np.asarray(recalled.channels, dtype=object)
+        except StageFailed as exc:
+            self._fallback(ranked, "recall", f"{exc}; served popular movies")
+            ranked.movie_ids, _ = popular_fallback(
+                self.catalog, self.popularity_order, excluded, req.genres, self.settings.recall_size
+            )
+            ranked.channels = np.full(len(ranked.movie_ids), "popular", dtype=object)
+        if not known_user:
+            ranked.channels = np.where(ranked.channels == "popular", "cold_start", ranked.channels)
+
+        # 3. ranker (KServe, Open Inference Protocol v2 over gRPC).
+        model_version = ""
+        ranked.scores = recall_order_scores(len(ranked.movie_ids))
+        if len(ranked.movie_ids):
+            try:
+                scores, model_version, features_found = await self._rank(
+                    req.user_id, ranked.movie_ids, context
+                )
+                ranked.scores = scores
+                if known_user and not features_found:
+                    self._fallback(ranked, "features", "user features missing online; ranked with defaults")
+            except StageFailed as exc:
+                self._fallback(ranked, "ranker", f"{exc}; served recall order")
+
+        # 4. rerank: freshness, popularity, diversity.
+        try:
+            reranked = await _timed(
+                "rerank",
+                self.rerank.Rerank(
+                    rerank_pb2.RerankRequest(
+                        user_id=req.user_id,
+                        k=req.k,
+                        movie_ids=ranked.movie_ids.tolist(),
+                        scores=ranked.scores.tolist(),
+                        channels=ranked.channels.tolist(),
+                        time=request.context.time if request.context.HasField("time") else None,
+                    ),
+                    timeout=self._budget(context, "rerank"),
+                ),
+            )
+            final_ids = np.asarray(reranked.movie_ids, dtype=np.int64)
+            final_scores = np.asarray(reranked.scores, dtype=np.float32)
+            final_channels = np.asarray(reranked.channels, dtype=object)
+        except StageFailed as exc:
+            self._fallback(ranked, "rerank", f"{exc}; served top k by score")
+            top = top_k_by_score(ranked.movie_ids, ranked.scores, req.k)
+            final_ids, final_scores, final_channels = (
+                ranked.movie_ids[top],
+                ranked.scores[top],
+                ranked.channels[top],
+            )
+
+        return recommend_pb2.RecommendResponse(
+            items=build_items(self.catalog, final_ids, final_scores, final_channels),
+            model_version=model_version,
+            request_id=request_id,
+            degraded=ranked.degraded,
+        )
+
+    async def _rank(
+        self, user_id: int, movie_ids: np.ndarray, context: grpc.aio.ServicerContext
+    ) -> tuple[np.ndarray, str, bool]:
+        user = InferInput("user_id", [1], "INT64")
+        user.set_data_from_numpy(np.array([user_id], dtype=np.int64), binary_data=True)
+        movies = InferInput("movie_ids", [len(movie_ids)], "INT64")
+        movies.set_data_from_numpy(movie_ids.astype(np.int64), binary_data=True)
+        request = InferRequest(
+            model_name=self.settings.ranker_model_name, infer_inputs=[user, movies], request_id=None
+        )
+        response = await _timed("ranker", self.ranker.infer(request, timeout=self._budget(context, "ranker")))
+        outputs = {output.name: output for output in response.outputs}
+        scores = outputs["scores"].as_numpy().astype(np.float32).reshape(-1)
+        if len(scores) != len(movie_ids):
+            raise StageFailed(f"ranker returned {len(scores)} scores for {len(movie_ids)} movies")
+        found = (
+            bool(outputs["user_features_found"].as_numpy().reshape(-1)[0])
+            if "user_features_found" in outputs
+            else True
+        )
+        version = response.model_version or ""
+        if version:
+            MODEL_INFO.labels(version).set(1)
+        return scores, version, found
+
+    async def SimilarItems(
+        self, request: recommend_pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext
+    ):
+        movie_id = check_id(request.movie_id, "movie_id")
+        k = check_k(request.k)
+        if self.catalog.positions([movie_id])[0] < 0:
+            raise NotFound(f"movie_id {movie_id} is not in the catalog")
+        try:
+            reply = await _timed(
+                "recall",
+                self.recall.SimilarMovies(
+                    recall_pb2.SimilarMoviesRequest(movie_id=movie_id, k=k),
+                    timeout=self._budget(context, "recall"),
+                ),
+            )
+            ids, scores, channel = (
+                np.asarray(reply.movie_ids, np.int64),
+                np.asarray(reply.scores, np.float32),
+                "item2item",
+            )
+        except StageFailed as exc:
+            STAGE_FALLBACKS.labels("recall", str(exc).split(":")[0]).inc()
+            genres = tuple(self.catalog.genres_of(int(self.catalog.positions([movie_id])[0])))
+            ids, scores = popular_fallback(
+                self.catalog, self.popularity_order, np.array([movie_id]), genres, k
+            )
+            channel = "genre"
+        return recommend_pb2.SimilarItemsResponse(
+            items=build_items(self.catalog, ids, scores, np.full(len(ids), channel, dtype=object)),
+            request_id=uuid.uuid4().hex,
+        )
+
+
+def build_servicer(workdir: Path) -> RecommendServicer:
+    return RecommendServicer(Catalog.from_workdir(workdir), get_settings())
+
+
+def main() -> None:
+    settings = get_settings()
+
+    async def register(server: grpc.aio.Server) -> list[str]:
+        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(build_servicer(settings.workdir), server)
+        return [recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name]
+
+    run_service("recommend", register, settings.recommend_port)
+
+
+if __name__ == "__main__":
+    main()
