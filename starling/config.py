@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     recall_target: str = ""
     rerank_target: str = ""
     ranker_target: str = Field("", description="host:port of the ranker's v2 gRPC endpoint.")
+    ranker_refresh_s: float = Field(5.0, description="How often the ranker checks for a new model or features.")
+    ranker_device: str = Field("auto", description="auto (CUDA when present), cpu or cuda.")
+    ranker_max_movies: int = Field(2000, description="Most movies one ranker request may score.")
     ranker_model_name: str = Field("starling-ranker", description="KServe model name of the ranker.")
     rerank_rules: Path | None = Field(
         None, description="Re-ranking rules YAML; default services/rerank/rules.yaml."

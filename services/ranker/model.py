@@ -1,0 +1,187 @@
+"""The ranking model as a KServe ``Model``: load / preprocess / predict over the Open Inference Protocol v2.
+
+Request inputs: ``user_id`` INT64 [1] and ``movie_ids`` INT64 [N]. Outputs: ``scores`` FP32 [N] (like
+probabilities) and ``user_features_found`` BOOL [1].
+
+- load: the published artifact (WORKDIR/models/current), the movie-feature cache read from the Feast online
+  store for every catalog movie, encoded once (see encoding.py);
+- preprocess: the user's row from the Feast online store (one key) + cached movie rows -> encoded batch;
+- predict: the torch model on CUDA when present, else CPU.
+A background thread polls for a newly published model or a new materialization, builds the new state off
+the request path and swaps it in with one assignment: requests in flight finish on the state they started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve.errors import InvalidInput
+
+from services.common.observability import FEATURE_FRESHNESS, MODEL_INFO
+from services.ranker.encoding import ServingEncoder, blank_user
+from starling.config import Settings, get_settings
+from starling.features.spec import MOVIE_FEATURE_COLUMNS, USER_FEATURE_COLUMNS
+from starling.featurestore import MOVIE_VIEW, USER_VIEW, get_feature_store, registry_path
+from training.artifacts import Artifact, load_artifact, resolve_artifact
+from training.models.base import FEATURE_KEYS
+
+log = logging.getLogger("starling.ranker")
+
+
+def pick_device(preference: str) -> torch.device:
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+@dataclass(frozen=True)
+class RankerState:
+    """Everything one request needs, swapped as a whole on reload."""
+
+    artifact: Artifact
+    model: torch.nn.Module
+    encoder: ServingEncoder
+    artifact_path: Path
+    registry_mtime: float
+
+
+class RankerModel(Model):
+    def __init__(self, name: str, workdir: Path, settings: Settings | None = None) -> None:
+        super().__init__(name)
+        self.workdir = Path(workdir)
+        self.settings = settings or get_settings()
+        self.device = pick_device(self.settings.ranker_device)
+        self.state: RankerState | None = None
+        self._store = None
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------------------------------ loading
+    def _online_frame(self, view: str, key: str, ids: np.ndarray, columns: tuple[str, ...]) -> pl.DataFrame:
+        refs = [f"{view}:{column}" for column in columns]
+        response = self._store.get_online_features(features=refs, entity_rows={key: ids.tolist()})
+        return pl.from_arrow(response.to_arrow()).select(key, *columns)
+
+    def _build_state(self) -> RankerState:
+        artifact_path = resolve_artifact(self.workdir).resolve()
+        artifact = load_artifact(artifact_path)
+        model = artifact.model().to(self.device).eval()
+        registry = registry_path(self.workdir, self.settings)
+        self._store = get_feature_store(self.workdir, self.settings)
+        movie_ids = pl.read_parquet(self.workdir / "movies.parquet", columns=["movie_id"])[
+            "movie_id"
+        ].to_numpy()
+        movies = self._online_frame(MOVIE_VIEW, "movie_id", movie_ids, MOVIE_FEATURE_COLUMNS)
+        encoder = ServingEncoder(artifact.spec, movies)
+        mtime = registry.stat().st_mtime if registry.exists() else 0.0
+        log.info(
+            "ranker state built",
+            extra={"version": artifact.version, "movies": len(movie_ids), "device": str(self.device)},
+        )
+        return RankerState(artifact, model, encoder, artifact_path, mtime)
+
+    def _install(self, state: RankerState) -> None:
+        previous = self.state
+        self.state = state  # one reference assignment: atomic for requests in flight
+        if previous is not None and previous.artifact.version != state.artifact.version:
+            MODEL_INFO.remove(previous.artifact.version)
+        MODEL_INFO.labels(state.artifact.version).set(1)
+        FEATURE_FRESHNESS.set(state.registry_mtime)
+
+    def load(self) -> bool:
+        self._install(self._build_state())
+        self.ready = True
+        threading.Thread(target=self._watch, name="ranker-reload", daemon=True).start()
+        return self.ready
+
+    def _needs_reload(self, state: RankerState) -> bool:
+        try:
+            current = resolve_artifact(self.workdir).resolve()
+        except Exception:  # a publish in progress or a removed pointer: keep serving what we have
+            return False
+        registry = registry_path(self.workdir, self.settings)
+        mtime = registry.stat().st_mtime if registry.exists() else 0.0
+        return current != state.artifact_path or mtime > state.registry_mtime
+
+    def reload_if_changed(self) -> bool:
+        """Rebuild and swap the state when a new model was published or features were materialized."""
+        state = self.state
+        if state is None or not self._needs_reload(state):
+            return False
+        self._install(self._build_state())
+        return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.settings.ranker_refresh_s):
+            try:
+                if self.reload_if_changed():
+                    log.info("reloaded", extra={"version": self.state.artifact.version})
+            except Exception:
+                log.exception("reload failed; still serving the previous model")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------------------------------ serving
+    async def preprocess(self, payload: InferRequest | dict, headers: dict[str, str] | None = None) -> Any:
+        if not isinstance(payload, InferRequest):
+            raise InvalidInput(
+                "the ranker speaks the Open Inference Protocol v2 only (inputs user_id, movie_ids)"
+            )
+        inputs = {i.name: i for i in payload.inputs}
+        missing = {"user_id", "movie_ids"} - set(inputs)
+        if missing:
+            raise InvalidInput(
+                f"missing input(s) {sorted(missing)}; expected user_id INT64 [1], movie_ids INT64 [N]"
+            )
+        user_ids = inputs["user_id"].as_numpy().reshape(-1)
+        movie_ids = inputs["movie_ids"].as_numpy().reshape(-1)
+        if user_ids.size != 1:
+            raise InvalidInput(f"user_id must hold exactly one id, got {user_ids.size}")
+        if not np.issubdtype(user_ids.dtype, np.integer) or not np.issubdtype(movie_ids.dtype, np.integer):
+            raise InvalidInput("user_id and movie_ids must be integer tensors (INT64)")
+        if not 1 <= movie_ids.size <= self.settings.ranker_max_movies:
+            raise InvalidInput(
+                f"movie_ids must hold 1..{self.settings.ranker_max_movies} ids, got {movie_ids.size}"
+            )
+        if user_ids[0] < 0 or movie_ids.min() < 0:
+            raise InvalidInput("ids must be >= 0")
+        state = self.state
+        user_id = int(user_ids[0])
+        user = self._online_frame(USER_VIEW, "user_id", np.array([user_id]), USER_FEATURE_COLUMNS)
+        found = user["user_rating_count"][0] is not None
+        if not found:
+            user = blank_user(user_id)
+        encoded = state.encoder.encode(user, movie_ids.astype(np.int64))
+        return state, encoded, found, payload.id
+
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> InferResponse:
+        state, encoded, found, request_id = payload
+        features = {
+            key: torch.from_numpy(np.ascontiguousarray(encoded[key])).to(self.device) for key in FEATURE_KEYS
+        }
+        with torch.inference_mode():
+            scores = torch.sigmoid(state.model(features)).float().cpu().numpy().reshape(-1)
+        scores_out = InferOutput("scores", shape=[len(scores)], datatype="FP32")
+        scores_out.set_data_from_numpy(scores, binary_data=True)
+        found_out = InferOutput("user_features_found", shape=[1], datatype="BOOL")
+        found_out.set_data_from_numpy(np.array([found]), binary_data=False)
+        return InferResponse(
+            response_id=request_id or "",
+            model_name=self.name,
+            model_version=state.artifact.version,
+            infer_outputs=[scores_out, found_out],
+        )
+
+
+def torch_threads() -> None:
+    """Serving answers one small batch at a time: a couple of threads beat many contended ones."""
+    torch.set_num_threads(int(os.environ.get("STARLING_TORCH_THREADS", "2")))

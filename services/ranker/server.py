@@ -1,0 +1,27 @@
+"""Ranker entry point: a KServe ModelServer (v2 gRPC + REST) serving :class:`RankerModel`."""
+
+from __future__ import annotations
+
+from kserve import ModelServer
+
+from services.common.jsonlog import configure_logging
+from services.ranker.model import RankerModel, torch_threads
+from starling.config import get_settings
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging("ranker")
+    torch_threads()
+    model = RankerModel(settings.ranker_model_name, settings.workdir, settings)
+    model.load()
+    ModelServer(
+        http_port=settings.ranker_http_port,
+        grpc_port=settings.ranker_grpc_port,
+        workers=1,
+        enable_docs_url=False,
+    ).start([model])
+
+
+if __name__ == "__main__":
+    main()
