@@ -173,6 +173,70 @@ def bench_train(batch_size: int, as_json: bool) -> None:
     click.echo(json.dumps(run(batch_size=batch_size)))
 
 
+# ------------------------------------------------------------------------------------------------ serving
+@cli.command("up")
+@click.argument("workdir", type=click.Path(path_type=Path), default=Path("work"))
+@click.option("--timeout", "timeout_s", type=float, default=180.0, show_default=True, help="Seconds to wait.")
+def up(workdir: Path, timeout_s: float) -> None:
+    """Start every service as a local process, wait until all are healthy, print their addresses."""
+    from starling.local import up as start
+
+    for process in start(workdir, timeout_s=timeout_s):
+        click.echo(
+            f"{process.name:<11} 127.0.0.1:{process.port:<6} metrics :{process.metrics_port:<6} "
+            f"pid {process.pid:<7} log {process.log}"
+        )
+    click.echo("Stop them with `starling down " + str(workdir) + "`.")
+
+
+@cli.command("down")
+@click.argument("workdir", type=click.Path(path_type=Path), default=Path("work"))
+def down(workdir: Path) -> None:
+    """Stop the services started by `starling up WORKDIR`."""
+    from starling.local import down as stop
+
+    stopped = stop(workdir)
+    click.echo(f"stopped {', '.join(stopped)}" if stopped else "no services were running")
+
+
+def _target(target: str | None) -> str:
+    from starling.config import get_settings
+
+    return target or f"127.0.0.1:{get_settings().recommend_port}"
+
+
+@cli.command("recommend")
+@click.argument("user_id", type=int)
+@click.option("--k", type=int, default=10, show_default=True)
+@click.option("--genre", "genres", multiple=True, help="Only these genres (repeatable).")
+@click.option("--exclude", "exclude", type=int, multiple=True, help="Never these movie ids (repeatable).")
+@click.option("--target", default=None, help="RecommendService address (default 127.0.0.1:50051).")
+def recommend(
+    user_id: int, k: int, genres: tuple[str, ...], exclude: tuple[int, ...], target: str | None
+) -> None:
+    """Ask the recommend service for USER_ID's top K: titles, scores and recall channels."""
+    from starling.client import format_items
+    from starling.client import recommend as call
+
+    response = call(_target(target), user_id, k, list(genres), list(exclude))
+    click.echo(f"user {user_id}  model {response.model_version or '-'}  request {response.request_id}")
+    click.echo(format_items(response.items))
+    for degradation in response.degraded:
+        click.secho(f"degraded: {degradation.stage}: {degradation.reason}", fg="yellow")
+
+
+@cli.command("similar")
+@click.argument("movie_id", type=int)
+@click.option("--k", type=int, default=10, show_default=True)
+@click.option("--target", default=None, help="RecommendService address (default 127.0.0.1:50051).")
+def similar(movie_id: int, k: int, target: str | None) -> None:
+    """Movies similar to MOVIE_ID."""
+    from starling.client import format_items
+    from starling.client import similar as call
+
+    click.echo(format_items(call(_target(target), movie_id, k).items))
+
+
 # --------------------------------------------------------------------------------------------------- demo
 @cli.command("demo")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("work"), show_default=True)

@@ -1,0 +1,182 @@
+"""`starling up` / `starling down`: every service as a local process on the embedded defaults.
+
+State lives in WORKDIR/run: services.json (pids, ports) and logs/<service>.log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from starling.config import REPO_ROOT, Settings, get_settings
+from starling.errors import StarlingError
+
+# Start order: stages first, the orchestrator last.
+SERVICES = ("candidates", "recall", "rerank", "ranker", "recommend")
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    pid: int
+    port: int
+    metrics_port: int
+    log: str
+
+
+def run_dir(workdir: Path) -> Path:
+    return workdir / "run"
+
+
+def _port(settings: Settings, name: str) -> int:
+    return settings.ranker_grpc_port if name == "ranker" else getattr(settings, f"{name}_port")
+
+
+def _metrics_port(settings: Settings, name: str) -> int:
+    return settings.ranker_http_port if name == "ranker" else _port(settings, name) + 1000
+
+
+def service_environment(workdir: Path, settings: Settings) -> dict[str, str]:
+    """The child processes' environment: this one plus the settings that tie the services together."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "STARLING_WORKDIR": str(workdir.resolve()),
+            "STARLING_CANDIDATES_TARGET": f"127.0.0.1:{settings.candidates_port}",
+            "STARLING_RECALL_TARGET": f"127.0.0.1:{settings.recall_port}",
+            "STARLING_RERANK_TARGET": f"127.0.0.1:{settings.rerank_port}",
+            "STARLING_RANKER_TARGET": f"127.0.0.1:{settings.ranker_grpc_port}",
+            "PYTHONPATH": str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        }
+    )
+    for name in ("candidates", "recall", "rerank", "recommend", "ranker_grpc", "ranker_http"):
+        env[f"STARLING_{name.upper()}_PORT"] = str(getattr(settings, f"{name}_port"))
+    return env
+
+
+def is_healthy(name: str, port: int, timeout: float = 1.0) -> bool:
+    """Standard gRPC health for our services; the v2 ServerReady RPC for the KServe ranker."""
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            if name == "ranker":
+                from kserve.protocol.grpc import grpc_predict_v2_pb2 as v2
+                from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+                return (
+                    GRPCInferenceServiceStub(channel)
+                    .ServerReady(v2.ServerReadyRequest(), timeout=timeout)
+                    .ready
+                )
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def read_state(workdir: Path) -> list[ServiceProcess]:
+    path = run_dir(workdir) / "services.json"
+    if not path.is_file():
+        return []
+    return [ServiceProcess(**entry) for entry in json.loads(path.read_text())]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (reaping it first if it is our own exited child)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def up(workdir: Path, timeout_s: float = 180.0, settings: Settings | None = None) -> list[ServiceProcess]:
+    """Start every service, wait until all report healthy, and return (they keep running)."""
+    settings = settings or get_settings()
+    workdir = workdir.resolve()
+    for required, command in [
+        ("movies.parquet", "starling data ingest"),
+        ("features/feature_spec.json", "starling features build"),
+        ("models/current", "starling train"),
+    ]:
+        if not (workdir / required).exists():
+            raise StarlingError(f"{workdir / required} not found: run `{command}` first (or `make demo`)")
+    running = [p for p in read_state(workdir) if _alive(p.pid)]
+    if running:
+        raise StarlingError(
+            f"services already running from {workdir} (pids {[p.pid for p in running]}); "
+            "run `starling down` first"
+        )
+    logs = run_dir(workdir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = service_environment(workdir, settings)
+    started: list[ServiceProcess] = []
+    for name in SERVICES:
+        port = _port(settings, name)
+        if is_healthy(name, port, timeout=0.3):
+            raise StarlingError(
+                f"port {port} already serves something: stop it or set STARLING_{name.upper()}_PORT"
+            )
+        log_path = logs / f"{name}.log"
+        with log_path.open("ab") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}.server"],
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(ServiceProcess(name, process.pid, port, _metrics_port(settings, name), str(log_path)))
+    (run_dir(workdir) / "services.json").write_text(json.dumps([asdict(p) for p in started], indent=2))
+
+    deadline = time.monotonic() + timeout_s
+    waiting = {p.name: p for p in started}
+    while waiting and time.monotonic() < deadline:
+        for name, process in list(waiting.items()):
+            if not _alive(process.pid):
+                down(workdir)
+                tail = Path(process.log).read_text(errors="replace")[-2000:]
+                raise StarlingError(f"{name} exited during start-up; see {process.log}:\n{tail}")
+            if is_healthy(name, process.port):
+                del waiting[name]
+        time.sleep(0.2)
+    if waiting:
+        down(workdir)
+        raise StarlingError(f"{sorted(waiting)} not healthy after {timeout_s:.0f} s; logs in {logs}")
+    return started
+
+
+def down(workdir: Path, grace_s: float = 10.0) -> list[str]:
+    """Stop the services started from ``workdir`` (SIGTERM, then SIGKILL after ``grace_s``)."""
+    workdir = workdir.resolve()
+    processes = [p for p in read_state(workdir) if _alive(p.pid)]
+    for process in processes:
+        os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p.pid) for p in processes):
+        time.sleep(0.1)
+    for process in processes:
+        if _alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    state = run_dir(workdir) / "services.json"
+    if state.exists():
+        state.unlink()
+    return [p.name for p in processes]
