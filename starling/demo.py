@@ -23,7 +23,7 @@ def _ingest(workdir: Path, dataset: str) -> None:
         click.echo(f"{workdir}/ratings.parquet exists; skipping ingestion (delete {workdir} to start over)")
         return
     try:
-        report = ingest(dataset, workdir)
+        report = ingest(dataset, workdir, on_bad="skip")  # dropped rows are reported below
     except StarlingError as exc:
         if dataset.startswith("synthetic") or Path(dataset).exists():
             raise

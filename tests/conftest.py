@@ -24,11 +24,15 @@ def ml_small_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def ml_small_ingested(ml_small_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workdir holding the canonical parquet of ml-latest-small (ingested once per session)."""
+    """A workdir holding the canonical parquet of ml-latest-small (ingested once per session).
+
+    The shared copy carries one planted bad row (a rating of unknown movie 999999), so it is ingested with
+    ``on_bad="skip"``, which reports what it dropped.
+    """
     from starling.data.ingest import ingest
 
     workdir = tmp_path_factory.mktemp("ml_small")
-    ingest(str(ml_small_dir), workdir)
+    ingest(str(ml_small_dir), workdir, on_bad="skip")
     return workdir
 
 
