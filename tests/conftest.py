@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,29 @@ def ml_small_features(ml_small_ingested: Path) -> Path:
 
     build_features(ml_small_ingested, SplitConfig())
     return ml_small_ingested
+
+
+@pytest.fixture(scope="session")
+def ml_small_trained(ml_small_features: Path) -> Path:
+    """The same workdir, materialized into the sqlite online store and with every model and item embedding
+    trained (one epoch each: enough for serving tests) and published as `current`."""
+    from starling.featurestore import materialize
+    from training.train import train_command
+
+    materialize(ml_small_features)
+    train_command(ml_small_features, "all", epochs=1, publish=True)
+    return ml_small_features
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """Returns a function giving a TCP port that was free a moment ago (good enough for tests)."""
+    return _free_port
