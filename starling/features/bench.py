@@ -1,0 +1,64 @@
+"""`starling bench features`: time and peak memory of `features build` on synthetic ratings or a given source.
+
+Input data is prepared first (not timed) with `starling data ingest`; the build then runs in a fresh Python
+process so that the reported peak RSS is the build's own (plus the interpreter and its imports).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from starling.errors import StarlingError
+
+_BUILD_IN_CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+from starling.features.build import SplitConfig, build_features
+started = time.perf_counter()
+report = build_features(Path(sys.argv[1]), SplitConfig())
+seconds = time.perf_counter() - started
+peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kib / 1024, "users": report.users, "movies": report.movies}))
+"""
+
+
+def _prepare(workdir: Path, n_ratings: int, source: str | None) -> str:
+    """Write canonical inputs into ``workdir``; returns the source actually used."""
+    from starling.data.ingest import ingest
+
+    used = source if source is not None else f"synthetic:{n_ratings}"
+    # a benchmark measures the build: rows that ingestion rejects are dropped, as `--on-bad skip` would
+    ingest(used, workdir, on_bad="skip")
+    return used
+
+
+def bench_features(n_ratings: int = 100_000, source: str | None = None) -> dict[str, Any]:
+    """Build features once; returns {"ratings", "users", "movies", "seconds", "peak_rss_mb", "source"}."""
+    if source is None and n_ratings <= 0:
+        raise StarlingError(f"--ratings {n_ratings}: must be positive")
+    with tempfile.TemporaryDirectory(prefix="starling-bench-features-") as tmp:
+        workdir = Path(tmp)
+        used = _prepare(workdir, n_ratings, source)
+        child = subprocess.run(
+            [sys.executable, "-c", _BUILD_IN_CHILD, str(workdir)], capture_output=True, text=True, check=False
+        )
+        if child.returncode != 0:
+            last_lines = "\n".join(child.stderr.strip().splitlines()[-5:])
+            raise StarlingError(f"features build failed in the benchmark process:\n{last_lines}")
+        measured = json.loads(child.stdout.strip().splitlines()[-1])
+        n_rows = pq.ParquetFile(workdir / "ratings.parquet").metadata.num_rows
+    return {
+        "ratings": n_rows,
+        "users": measured["users"],
+        "movies": measured["movies"],
+        "seconds": round(measured["seconds"], 3),
+        "peak_rss_mb": round(measured["peak_rss_mb"], 1),
+        "source": used,
+    }

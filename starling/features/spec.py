@@ -1,0 +1,192 @@
+"""The feature spec: field names, and the vocabularies and numeric statistics fitted on the train split.
+
+Training and serving both load the spec written by ``starling features build`` (WORKDIR/features/feature_spec.json)
+and hand it to :func:`starling.features.transform.transform`, so both encode features identically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from starling.errors import StarlingError
+
+SPEC_FORMAT = 1
+NUM_BUCKETS = 10  # deciles: 9 interior boundaries -> buckets 1..10 (0 = null)
+
+NUMERIC_FIELDS: tuple[str, ...] = (
+    "movie_release_year",
+    "movie_rating_count",
+    "movie_avg_rating",
+    "movie_rating_stddev",
+    "user_rating_count",
+    "user_avg_rating",
+    "user_rating_stddev",
+    "user_avg_release_year",
+    "user_release_year_stddev",
+)
+USER_GENRE_FIELDS: tuple[str, ...] = tuple(f"user_genre{i}" for i in range(1, 6))
+MOVIE_GENRE_FIELDS: tuple[str, ...] = tuple(f"movie_genre{i}" for i in range(1, 4))
+LIKED_MOVIE_FIELDS: tuple[str, ...] = tuple(f"user_liked_movie{i}" for i in range(1, 6))
+
+VOCABULARY_NAMES: tuple[str, ...] = ("user", "movie", "genre")
+
+# Column layout of the files written by `starling features build` (WORKDIR/features).
+MOVIE_FEATURE_COLUMNS: tuple[str, ...] = (
+    "movie_release_year",
+    *MOVIE_GENRE_FIELDS,
+    "movie_rating_count",
+    "movie_avg_rating",
+    "movie_rating_stddev",
+)
+USER_FEATURE_COLUMNS: tuple[str, ...] = (
+    "user_rating_count",
+    "user_avg_rating",
+    "user_rating_stddev",
+    "user_avg_release_year",
+    "user_release_year_stddev",
+    *USER_GENRE_FIELDS,
+    *LIKED_MOVIE_FIELDS,
+)
+SAMPLE_COLUMNS: tuple[str, ...] = (
+    "user_id",
+    "movie_id",
+    "event_timestamp",
+    "rating",
+    "label",
+    *MOVIE_FEATURE_COLUMNS,
+    *USER_FEATURE_COLUMNS,
+    "split",
+)
+
+
+class FeatureSpecError(StarlingError):
+    """A feature spec file is missing, unreadable, or does not match its own version."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Vocabularies (index 0 reserved for unknown/null, so index = position + 1) and numeric statistics.
+
+    ``numeric_stats[field]`` holds ``mean`` and ``std`` (population, nulls ignored) and ``quantiles``: the
+    ``NUM_BUCKETS - 1`` interior quantile boundaries that cut the field into ``NUM_BUCKETS`` buckets.
+    ``version`` is a short sha256 of the canonical JSON of everything else, so equal content = equal version.
+    """
+
+    vocabularies: dict[str, list[Any]]
+    numeric_stats: dict[str, dict[str, Any]]
+    version: str = field(default="")
+
+    def __post_init__(self) -> None:
+        missing = [name for name in VOCABULARY_NAMES if name not in self.vocabularies]
+        if missing:
+            raise FeatureSpecError(f"feature spec lacks vocabularies {missing}")
+        missing = [name for name in NUMERIC_FIELDS if name not in self.numeric_stats]
+        if missing:
+            raise FeatureSpecError(f"feature spec lacks numeric stats for {missing}")
+        if not self.version:
+            object.__setattr__(self, "version", _content_hash(self._content()))
+
+    @property
+    def num_buckets(self) -> int:
+        """Buckets per numeric field (bucket ids 1..num_buckets; 0 = null)."""
+        return NUM_BUCKETS
+
+    def vocab_size(self, name: str) -> int:
+        """Embedding table size for a vocabulary: its entries plus index 0 for unknown/null."""
+        if name not in self.vocabularies:
+            raise FeatureSpecError(f"unknown vocabulary {name!r}; have {sorted(self.vocabularies)}")
+        return len(self.vocabularies[name]) + 1
+
+    def _content(self) -> dict[str, Any]:
+        return {"format": SPEC_FORMAT, "vocabularies": self.vocabularies, "numeric_stats": self.numeric_stats}
+
+    def save(self, path: Path) -> None:
+        """Write the spec as JSON (temp file + rename, so readers never see half a file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"version": self.version, **self._content()}, indent=1, sort_keys=True))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureSpec:
+        """Read a spec written by :meth:`save`; refuses files whose content does not match their version."""
+        path = Path(path)
+        if not path.is_file():
+            raise FeatureSpecError(f"{path}: feature spec not found (run `starling features build` first)")
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FeatureSpecError(f"{path}: not a readable feature spec JSON file ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise FeatureSpecError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+        missing = [key for key in ("version", "format", "vocabularies", "numeric_stats") if key not in raw]
+        if missing:
+            raise FeatureSpecError(f"{path}: feature spec lacks keys {missing}")
+        if raw["format"] != SPEC_FORMAT:
+            raise FeatureSpecError(f"{path}: spec format {raw['format']!r}, this code reads {SPEC_FORMAT}")
+        try:
+            spec = cls(vocabularies=raw["vocabularies"], numeric_stats=raw["numeric_stats"])
+        except FeatureSpecError as exc:
+            raise FeatureSpecError(f"{path}: {exc}") from exc
+        if spec.version != raw["version"]:
+            raise FeatureSpecError(
+                f"{path}: content hash {spec.version} does not match the recorded version {raw['version']} "
+                "(the file was edited or truncated; rebuild it with `starling features build`)"
+            )
+        return spec
+
+
+def _content_hash(content: dict[str, Any]) -> str:
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def numeric_stats_of(values: np.ndarray) -> dict[str, Any]:
+    """Mean, population std and decile boundaries of ``values`` (float64, NaN = null, ignored)."""
+    present = values[~np.isnan(values)]
+    if present.size == 0:
+        return {"mean": 0.0, "std": 1.0, "quantiles": [0.0] * (NUM_BUCKETS - 1)}
+    levels = np.arange(1, NUM_BUCKETS) / NUM_BUCKETS
+    return {
+        "mean": float(present.mean()),
+        "std": float(present.std()),
+        "quantiles": [float(q) for q in np.quantile(present, levels)],
+    }
+
+
+def fit_feature_spec(train_samples: pl.DataFrame, genres: list[str] | None = None) -> FeatureSpec:
+    """Fit vocabularies and numeric statistics on train samples only.
+
+    Users and movies: the ids appearing in ``train_samples`` (sorted ascending). Genres: ``genres`` (the
+    catalog's genres, as the build passes them) or, when not given, those in the samples' genre columns.
+    """
+    needed = ["user_id", "movie_id", *NUMERIC_FIELDS]
+    if genres is None:
+        needed += [*MOVIE_GENRE_FIELDS, *USER_GENRE_FIELDS]
+    missing = [name for name in needed if name not in train_samples.columns]
+    if missing:
+        raise FeatureSpecError(f"cannot fit a feature spec: train samples lack columns {missing}")
+    if train_samples.height == 0:
+        raise FeatureSpecError("cannot fit a feature spec on an empty train split")
+    if genres is None:
+        genre_columns = [*MOVIE_GENRE_FIELDS, *USER_GENRE_FIELDS]
+        genres = train_samples.select(pl.concat_list(genre_columns).explode().drop_nulls().unique())
+        genres = genres.to_series().to_list()
+    vocabularies = {
+        "user": [int(x) for x in np.unique(train_samples["user_id"].to_numpy())],
+        "movie": [int(x) for x in np.unique(train_samples["movie_id"].to_numpy())],
+        "genre": sorted(set(genres)),
+    }
+    numeric_stats = {
+        name: numeric_stats_of(train_samples[name].cast(pl.Float64).fill_null(np.nan).to_numpy())
+        for name in NUMERIC_FIELDS
+    }
+    return FeatureSpec(vocabularies=vocabularies, numeric_stats=numeric_stats)

@@ -1,0 +1,35 @@
+"""`starling bench features`: one JSON object measuring a real features build in a fresh process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from starling.cli import cli
+from starling.errors import StarlingError
+from starling.features.bench import bench_features
+
+
+def test_bench_features_on_synthetic_ratings() -> None:
+    result = CliRunner().invoke(cli, ["bench", "features", "--ratings", "20000"])
+    assert result.exit_code == 0, result.output
+    measured = json.loads(result.output)
+    assert set(measured) == {"ratings", "users", "movies", "seconds", "peak_rss_mb", "source"}
+    assert measured["source"] == "synthetic:20000"
+    assert measured["ratings"] > 0 and measured["users"] > 0 and measured["movies"] > 0
+    assert 0 < measured["seconds"] < 60
+    assert 50 < measured["peak_rss_mb"] < 4000  # the child's own peak: an interpreter with polars, not zero
+
+
+def test_bench_features_on_a_source(ml_small_dir: Path) -> None:
+    measured = bench_features(source=str(ml_small_dir))
+    assert (measured["ratings"], measured["users"], measured["movies"]) == (100_836, 610, 9_742)
+    assert measured["source"] == str(ml_small_dir)
+
+
+def test_bench_features_rejects_a_non_positive_size() -> None:
+    with pytest.raises(StarlingError, match="must be positive"):
+        bench_features(n_ratings=0)
