@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     )
 
     # --- training (training/loop.py, training/train.py) -----------------------------------------------------
-    progress: bool = Field(True, description="Show tqdm progress bars (only on a terminal); 0 turns them off.")
+    progress: bool = Field(
+        True, description="Show tqdm progress bars (only on a terminal); 0 turns them off."
+    )
     train_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Device for training: CUDA when available (auto), or forced."
     )
@@ -75,15 +77,17 @@ class Settings(BaseSettings):
         "item2vec", description="Embedding for ANN recall."
     )
     recall_size: int = Field(500, description="Candidates recall hands to the ranker.")
-    candidates_timeout_ms: int = Field(30, description="Per-stage deadline of the recommend orchestrator.")
-    recall_timeout_ms: int = 60
-    ranker_timeout_ms: int = 80
-    rerank_timeout_ms: int = 30
+    candidates_timeout_ms: int = Field(100, description="Per-stage deadline of the recommend orchestrator.")
+    recall_timeout_ms: int = 150
+    ranker_timeout_ms: int = 200
+    rerank_timeout_ms: int = 100
     candidates_target: str = Field("", description="host:port of CandidateService; default 127.0.0.1:port.")
     recall_target: str = ""
     rerank_target: str = ""
     ranker_target: str = Field("", description="host:port of the ranker's v2 gRPC endpoint.")
-    ranker_refresh_s: float = Field(5.0, description="How often the ranker checks for a new model or features.")
+    ranker_refresh_s: float = Field(
+        5.0, description="How often the ranker checks for a new model or features."
+    )
     ranker_device: str = Field("auto", description="auto (CUDA when present), cpu or cuda.")
     ranker_max_movies: int = Field(2000, description="Most movies one ranker request may score.")
     ranker_model_name: str = Field("starling-ranker", description="KServe model name of the ranker.")

@@ -46,20 +46,22 @@ def _metrics_port(settings: Settings, name: str) -> int:
 
 
 def service_environment(workdir: Path, settings: Settings) -> dict[str, str]:
-    """The child processes' environment: this one plus the settings that tie the services together."""
+    """The child processes' environment: this one plus every setting, so the services share ``settings``."""
     env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"STARLING_{name.upper()}"] = str(value)
     env.update(
         {
             "STARLING_WORKDIR": str(workdir.resolve()),
-            "STARLING_CANDIDATES_TARGET": f"127.0.0.1:{settings.candidates_port}",
-            "STARLING_RECALL_TARGET": f"127.0.0.1:{settings.recall_port}",
-            "STARLING_RERANK_TARGET": f"127.0.0.1:{settings.rerank_port}",
-            "STARLING_RANKER_TARGET": f"127.0.0.1:{settings.ranker_grpc_port}",
+            "STARLING_CANDIDATES_TARGET": settings.candidates_target
+            or f"127.0.0.1:{settings.candidates_port}",
+            "STARLING_RECALL_TARGET": settings.recall_target or f"127.0.0.1:{settings.recall_port}",
+            "STARLING_RERANK_TARGET": settings.rerank_target or f"127.0.0.1:{settings.rerank_port}",
+            "STARLING_RANKER_TARGET": settings.ranker_target or f"127.0.0.1:{settings.ranker_grpc_port}",
             "PYTHONPATH": str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
         }
     )
-    for name in ("candidates", "recall", "rerank", "recommend", "ranker_grpc", "ranker_http"):
-        env[f"STARLING_{name.upper()}_PORT"] = str(getattr(settings, f"{name}_port"))
     return env
 
 

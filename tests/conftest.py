@@ -49,12 +49,12 @@ def ml_small_features(ml_small_ingested: Path) -> Path:
 @pytest.fixture(scope="session")
 def ml_small_trained(ml_small_features: Path) -> Path:
     """The same workdir, materialized into the sqlite online store and with every model and item embedding
-    trained (one epoch each: enough for serving tests) and published as `current`."""
+    trained (early stopping, as `starling train --model all` does) and published as `current`."""
     from starling.featurestore import materialize
     from training.train import train_command
 
     materialize(ml_small_features)
-    train_command(ml_small_features, "all", epochs=1, publish=True)
+    train_command(ml_small_features, "all", publish=True)
     return ml_small_features
 
 

@@ -81,12 +81,20 @@ class RankerModel(Model):
         ].to_numpy()
         movies = self._online_frame(MOVIE_VIEW, "movie_id", movie_ids, MOVIE_FEATURE_COLUMNS)
         encoder = ServingEncoder(artifact.spec, movies)
+        self._warm_up(model, encoder, movie_ids[: self.settings.recall_size])
         mtime = registry.stat().st_mtime if registry.exists() else 0.0
         log.info(
             "ranker state built",
             extra={"version": artifact.version, "movies": len(movie_ids), "device": str(self.device)},
         )
         return RankerState(artifact, model, encoder, artifact_path, mtime)
+
+    def _warm_up(self, model: torch.nn.Module, encoder: ServingEncoder, movie_ids: np.ndarray) -> None:
+        """One online read and one forward pass, so the first real request pays no one-off costs."""
+        self._online_frame(USER_VIEW, "user_id", np.array([0]), USER_FEATURE_COLUMNS)
+        encoded = encoder.encode(blank_user(0), movie_ids)
+        with torch.inference_mode():
+            model({key: torch.from_numpy(encoded[key]).to(self.device) for key in FEATURE_KEYS})
 
     def _install(self, state: RankerState) -> None:
         previous = self.state

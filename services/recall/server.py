@@ -142,6 +142,8 @@ def build_servicer(workdir: Path) -> RecallServicer:
     index = VectorIndex(settings.milvus_uri or str(workdir / "milvus.db"), settings.recall_embedding, version)
     has_vector = np.any(vectors != 0, axis=1)
     index.sync(catalog.movie_ids[has_vector], vectors[has_vector])
+    if has_vector.any():  # warm up: the first search pays for loading the collection
+        index.search(vectors[has_vector][:1], settings.recall_size)
     return RecallServicer(catalog, history, index, vectors)
 
 

@@ -1,0 +1,173 @@
+"""End to end: `starling up` starts every service as a real process on free ports; a client calls the public
+RecommendService. Covers the round trip, SimilarItems, each bad input, health, /metrics, and the fallbacks
+when the ranker or recall is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from starling.config import Settings
+from starling.local import down, read_state, up
+from starling.v1 import common_pb2, recommend_pb2, recommend_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(ml_small_trained: Path) -> Iterator[tuple[Settings, recommend_pb2_grpc.RecommendServiceStub]]:
+    import socket
+
+    def port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    ports = {
+        name: port() for name in ("recommend", "candidates", "recall", "rerank", "ranker_grpc", "ranker_http")
+    }
+    # Generous stage deadlines: these tests check behaviour on a shared, noisy machine, not speed.
+    deadlines = {f"{stage}_timeout_ms": 5000 for stage in ("candidates", "recall", "ranker", "rerank")}
+    settings = Settings(
+        workdir=ml_small_trained, **deadlines, **{f"{name}_port": value for name, value in ports.items()}
+    )
+    started = up(ml_small_trained, timeout_s=240, settings=settings)
+    assert [p.name for p in started] == ["candidates", "recall", "rerank", "ranker", "recommend"]
+    channel = grpc.insecure_channel(f"127.0.0.1:{settings.recommend_port}")
+    try:
+        yield settings, recommend_pb2_grpc.RecommendServiceStub(channel)
+    finally:
+        channel.close()
+        down(ml_small_trained)
+
+
+def _request(user_id: int = 1, k: int = 20, **context) -> recommend_pb2.RecommendRequest:
+    return recommend_pb2.RecommendRequest(
+        user_id=user_id, k=k, context=common_pb2.RecommendContext(**context)
+    )
+
+
+def test_recommend_round_trip(stack, ml_small_trained: Path) -> None:
+    _, stub = stack
+    response = stub.Recommend(_request(1, 20), timeout=10)
+    assert len(response.items) == 20 and not response.degraded, response.degraded
+    assert response.model_version and response.request_id
+    ids = [item.movie_id for item in response.items]
+    assert len(set(ids)) == 20
+    import polars as pl
+
+    rated = set(
+        pl.read_parquet(ml_small_trained / "ratings.parquet").filter(pl.col("user_id") == 1)["movie_id"]
+    )
+    assert not set(ids) & rated, "already-rated movies must not be recommended"
+    assert all(item.title and item.channel for item in response.items)
+    assert {item.channel for item in response.items} <= {"embedding", "item2item", "genre", "popular"}
+
+    comedies = stub.Recommend(_request(1, 10, genres=["Comedy"], exclude_movie_ids=ids[:5]), timeout=10)
+    assert all("Comedy" in item.genres for item in comedies.items)
+    assert not {item.movie_id for item in comedies.items} & set(ids[:5])
+
+    cold = stub.Recommend(_request(10_000_000, 10), timeout=10)
+    assert len(cold.items) == 10 and {item.channel for item in cold.items} == {"cold_start"}
+    assert not [d for d in cold.degraded if d.stage != "features"]
+
+
+def test_similar_items(stack) -> None:
+    _, stub = stack
+    response = stub.SimilarItems(recommend_pb2.SimilarItemsRequest(movie_id=1, k=5), timeout=10)
+    assert len(response.items) == 5 and 1 not in [i.movie_id for i in response.items]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.SimilarItems(recommend_pb2.SimilarItemsRequest(movie_id=99_999_999, k=5), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "99999999" in err.value.details()
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (_request(1, 0), "k must be between 1 and 500"),
+        (_request(1, 501), "k must be between 1 and 500"),
+        (_request(-5, 10), "user_id must be >= 0"),
+        (_request(1, 10, exclude_movie_ids=[-3]), "exclude_movie_ids must hold ids >= 0"),
+        (_request(1, 10, exclude_movie_ids=list(range(10_001))), "at most 10000"),
+        (_request(1, 10, genres=["Space Opera"]), "unknown genre"),
+        (recommend_pb2.SimilarItemsRequest(movie_id=1, k=0), "k must be between 1 and 500"),
+        (recommend_pb2.SimilarItemsRequest(movie_id=-1, k=3), "movie_id must be >= 0"),
+    ],
+)
+def test_bad_input_is_invalid_argument(stack, request_, message: str) -> None:
+    _, stub = stack
+    method = stub.Recommend if isinstance(request_, recommend_pb2.RecommendRequest) else stub.SimilarItems
+    with pytest.raises(grpc.RpcError) as err:
+        method(request_, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+
+
+def test_oversized_request_is_rejected_and_service_survives(stack) -> None:
+    _, stub = stack
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Recommend(_request(1, 10, genres=["x" * 5_000_000]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(stub.Recommend(_request(1, 5), timeout=10).items) == 5
+
+
+def test_health_and_metrics(stack) -> None:
+    settings, stub = stack
+    stub.Recommend(_request(1, 5), timeout=10)
+    for name in ("recommend", "candidates", "recall", "rerank"):
+        port = getattr(settings, f"{name}_port")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+        with urllib.request.urlopen(f"http://127.0.0.1:{port + 1000}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert "starling_grpc_server_handling_seconds_bucket" in text, name
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{settings.recommend_port + 1000}/metrics", timeout=5
+    ) as resp:
+        text = resp.read().decode()
+    assert (
+        'grpc_method="Recommend"' in text
+        and 'starling_stage_seconds_bucket{le="0.001",stage="ranker"}' in text
+    )
+    assert "starling_model_info{" in text
+
+
+def _kill(workdir: Path, name: str) -> None:
+    """SIGKILL one service (no drain: as if its pod died) and wait until it is gone."""
+    process = next(p for p in read_state(workdir) if p.name == name)
+    os.kill(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(process.pid, 0)
+            os.waitpid(process.pid, os.WNOHANG)
+        except (ProcessLookupError, ChildProcessError):
+            return
+        time.sleep(0.1)
+
+
+def test_fallbacks_when_ranker_then_recall_die(stack, ml_small_trained: Path) -> None:
+    """Runs last in this module: it kills services (the fixture's `down` cleans up)."""
+    _, stub = stack
+    _kill(ml_small_trained, "ranker")
+    response = stub.Recommend(_request(1, 10), timeout=10)
+    assert len(response.items) == 10
+    assert [d.stage for d in response.degraded] == ["ranker"], response.degraded
+    assert "recall order" in response.degraded[0].reason
+
+    _kill(ml_small_trained, "recall")
+    response = stub.Recommend(_request(1, 10), timeout=10)
+    assert len(response.items) == 10
+    assert [d.stage for d in response.degraded] == ["recall", "ranker"], response.degraded
+    assert {item.channel for item in response.items} == {"popular"}
+    similar = stub.SimilarItems(recommend_pb2.SimilarItemsRequest(movie_id=1, k=3), timeout=10)
+    assert len(similar.items) == 3
