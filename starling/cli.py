@@ -237,6 +237,28 @@ def similar(movie_id: int, k: int, target: str | None) -> None:
     click.echo(format_items(call(_target(target), movie_id, k).items))
 
 
+@bench.command("serve")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("work"), show_default=True)
+@click.option(
+    "--duration", "duration_s", type=float, default=10.0, show_default=True, help="Seconds per level."
+)
+@click.option("--concurrency", default="1,8", show_default=True, help="Comma-separated concurrency levels.")
+@click.option("--k", type=int, default=20, show_default=True)
+@click.option("--target", default=None, help="RecommendService address (default 127.0.0.1:50051).")
+@click.option("--json", "as_json", is_flag=True, default=True, help="Print JSON (the default).")
+def bench_serve(
+    workdir: Path, duration_s: float, concurrency: str, k: int, target: str | None, as_json: bool
+) -> None:
+    """End-to-end and per-stage latency (p50/p95/p99 ms) and requests/s of Recommend over gRPC."""
+    from services.bench import bench_serve as run
+
+    try:
+        levels = [int(level) for level in concurrency.split(",") if level.strip()]
+    except ValueError as exc:
+        raise StarlingError(f"--concurrency {concurrency!r}: expected integers like 1,8") from exc
+    click.echo(json.dumps(run(workdir, duration_s, levels, k=k, target=target)))
+
+
 # --------------------------------------------------------------------------------------------------- demo
 @cli.command("demo")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("work"), show_default=True)

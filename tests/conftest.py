@@ -47,15 +47,34 @@ def ml_small_features(ml_small_ingested: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ml_small_trained(ml_small_features: Path) -> Path:
-    """The same workdir, materialized into the sqlite online store and with every model and item embedding
-    trained (early stopping, as `starling train --model all` does) and published as `current`."""
+def ml_small_trained(ml_small_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of that workdir, materialized into the sqlite online store, with every model and item embedding
+    trained (early stopping, as `starling train --model all` does) and published as `current`.
+
+    Its own copy, so that tests training other versions in ``ml_small_features`` cannot change what is served.
+    Tests that publish here themselves must work on a copy (see :func:`copy_workdir`).
+    """
     from starling.featurestore import materialize
     from training.train import train_command
 
-    materialize(ml_small_features)
-    train_command(ml_small_features, "all", publish=True)
-    return ml_small_features
+    workdir = copy_workdir(ml_small_features, tmp_path_factory.mktemp("ml_small_trained"))
+    materialize(workdir)
+    train_command(workdir, "all", publish=True)
+    return workdir
+
+
+def copy_workdir(source: Path, target: Path) -> Path:
+    """Copy a workdir without its running-service state (run/) or vector store file."""
+    import shutil
+
+    shutil.copytree(
+        source,
+        target,
+        dirs_exist_ok=True,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("run", "milvus.db", ".milvus.db.lock"),
+    )
+    return target
 
 
 def _free_port() -> int:

@@ -78,11 +78,14 @@ def _request(user_id: int, movie_ids: np.ndarray) -> InferRequest:
 def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
     ml_small_trained: Path, tmp_path: Path, free_port: Callable[[], int]
 ) -> None:
+    from conftest import copy_workdir
+
     from training.artifacts import load_artifact, resolve_artifact
     from training.train import train_command
 
+    workdir = copy_workdir(ml_small_trained, tmp_path / "workdir")  # this test publishes a new version
     grpc_port, http_port = free_port(), free_port()
-    process = _start_ranker(ml_small_trained, grpc_port, http_port, tmp_path / "ranker.log")
+    process = _start_ranker(workdir, grpc_port, http_port, tmp_path / "ranker.log")
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -99,9 +102,9 @@ def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
         else:
             pytest.fail("ranker not ready in 120 s:\n" + (tmp_path / "ranker.log").read_text()[-3000:])
 
-        artifact = load_artifact(resolve_artifact(ml_small_trained))
-        movie_ids = pl.read_parquet(ml_small_trained / "movies.parquet")["movie_id"].to_numpy()[:500]
-        expected = artifact.predict(_joined(ml_small_trained / "features", 1, movie_ids))
+        artifact = load_artifact(resolve_artifact(workdir))
+        movie_ids = pl.read_parquet(workdir / "movies.parquet")["movie_id"].to_numpy()[:500]
+        expected = artifact.predict(_joined(workdir / "features", 1, movie_ids))
 
         async def grpc_calls() -> None:
             async with InferenceGRPCClient(f"127.0.0.1:{grpc_port}", retries=0) as client:
@@ -138,7 +141,7 @@ def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
         assert missing.status_code == 400 and "movie_ids" in missing.text
 
         # Hot reload: publish a new version while requests keep flowing; none fails, the version changes.
-        new = train_command(ml_small_trained, "embedding_mlp", epochs=1, publish=True)
+        new = train_command(workdir, "embedding_mlp", epochs=1, publish=True)
 
         async def during_reload() -> set[str]:
             versions: set[str] = set()

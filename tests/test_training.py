@@ -15,7 +15,7 @@ from starling.cli import cli
 from starling.errors import StarlingError
 from training.artifacts import load_artifact, resolve_artifact
 from training.data import TrainingDataError, check_encoded, load_training_data
-from training.loop import fit, predict_proba
+from training.loop import fit, predict_proba, seed_everything
 from training.models import build_model
 from training.models.base import ModelConfig
 from training.popularity import PopularityScorer
@@ -116,6 +116,7 @@ def test_training_learns_and_restores_the_best_epoch(synthetic_workdir: Path) ->
     data = load_training_data(synthetic_workdir)
     train, valid = data.splits["train"], data.splits["valid"]
     config = ModelConfig(embedding_dim=8, hidden_units=(32, 32), max_epochs=6, patience=1)
+    seed_everything(config.seed)  # the initial weights too, whatever ran before in this process
     model = build_model("embedding_mlp", data.spec, config)
     untrained_auc = auc(valid.labels.numpy(), predict_proba(model, valid.features))
     result = fit(model, train, valid, config, torch.device("cpu"))

@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TypeVar
 
@@ -50,6 +51,12 @@ log = logging.getLogger("starling.recommend")
 T = TypeVar("T")
 
 
+# Per-request stage timings (ms), returned in the trailing metadata key STAGE_TIMINGS_KEY for clients
+# such as `starling bench serve`; each gRPC call runs in its own task, so a ContextVar keeps them apart.
+STAGE_TIMINGS: ContextVar[dict[str, float] | None] = ContextVar("stage_timings", default=None)
+STAGE_TIMINGS_KEY = "starling-stage-ms"
+
+
 class StageFailed(Exception):
     """A downstream stage did not answer in time or answered with an error."""
 
@@ -65,7 +72,11 @@ async def _timed(stage: str, call: Awaitable[T]) -> T:
     except Exception as exc:  # a client-side failure (e.g. a malformed reply) is also a stage failure
         raise StageFailed(f"{type(exc).__name__}: {exc}") from exc
     finally:
-        STAGE_LATENCY.labels(stage).observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        STAGE_LATENCY.labels(stage).observe(elapsed)
+        timings = STAGE_TIMINGS.get()
+        if timings is not None:
+            timings[stage] = elapsed * 1000.0
 
 
 class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
@@ -95,6 +106,8 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     async def Recommend(self, request: recommend_pb2.RecommendRequest, context: grpc.aio.ServicerContext):
         req = validate_recommend(request, self.catalog)
         request_id = uuid.uuid4().hex
+        timings: dict[str, float] = {}
+        STAGE_TIMINGS.set(timings)
         ranked = Ranked(np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, object))
 
         # 1. candidates: the eligible pool, as exclusions + genre filter.
@@ -178,6 +191,9 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 ranked.channels[top],
             )
 
+        context.set_trailing_metadata(
+            ((STAGE_TIMINGS_KEY, ",".join(f"{stage}={ms:.3f}" for stage, ms in timings.items())),)
+        )
         return recommend_pb2.RecommendResponse(
             items=build_items(self.catalog, final_ids, final_scores, final_channels),
             model_version=model_version,

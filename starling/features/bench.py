@@ -29,23 +29,25 @@ print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kib / 1024, "users": r
 """
 
 
-def _prepare(workdir: Path, n_ratings: int, source: str | None) -> str:
-    """Write canonical inputs into ``workdir``; returns the source actually used."""
+def _prepare(workdir: Path, n_ratings: int, source: str | None) -> tuple[str, int]:
+    """Write canonical inputs into ``workdir``; returns the source used and how many bad rows were dropped."""
     from starling.data.ingest import ingest
 
     used = source if source is not None else f"synthetic:{n_ratings}"
-    # a benchmark measures the build: rows that ingestion rejects are dropped, as `--on-bad skip` would
-    ingest(used, workdir, on_bad="skip")
-    return used
+    # a benchmark measures the build: rows that ingestion rejects are dropped (as `--on-bad skip` does) and
+    # counted in the output's "skipped_rows"
+    report = ingest(used, workdir, on_bad="skip")
+    return used, report.n_skipped
 
 
 def bench_features(n_ratings: int = 100_000, source: str | None = None) -> dict[str, Any]:
-    """Build features once; returns {"ratings", "users", "movies", "seconds", "peak_rss_mb", "source"}."""
+    """Build features once; returns {"ratings", "users", "movies", "seconds", "peak_rss_mb", "source",
+    "skipped_rows"}."""
     if source is None and n_ratings <= 0:
         raise StarlingError(f"--ratings {n_ratings}: must be positive")
     with tempfile.TemporaryDirectory(prefix="starling-bench-features-") as tmp:
         workdir = Path(tmp)
-        used = _prepare(workdir, n_ratings, source)
+        used, skipped = _prepare(workdir, n_ratings, source)
         child = subprocess.run(
             [sys.executable, "-c", _BUILD_IN_CHILD, str(workdir)], capture_output=True, text=True, check=False
         )
@@ -61,4 +63,5 @@ def bench_features(n_ratings: int = 100_000, source: str | None = None) -> dict[
         "seconds": round(measured["seconds"], 3),
         "peak_rss_mb": round(measured["peak_rss_mb"], 1),
         "source": used,
+        "skipped_rows": skipped,
     }
