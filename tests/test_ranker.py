@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 
-from services.ranker.encoding import ServingEncoder, blank_user
+from services.ranker.encoding import ServingEncoder, blank_user, user_columns
 from starling.config import REPO_ROOT
 from starling.features.spec import USER_FEATURE_COLUMNS, FeatureSpec
 from starling.features.transform import transform
@@ -41,7 +41,7 @@ def test_serving_encoder_equals_transform_of_joined_rows(ml_small_features: Path
     movie_ids = np.array([1, 356, 2571, 318, 999999, 260])  # 999999: not in the catalog
     user_row = pl.read_parquet(features / "user_features.parquet").filter(pl.col("user_id") == 1)
     expected = transform(_joined(features, 1, movie_ids), spec)
-    got = encoder.encode(user_row.select("user_id", *USER_FEATURE_COLUMNS), movie_ids)
+    got = encoder.encode(user_columns(1, user_row.select(USER_FEATURE_COLUMNS).to_dicts()[0]), movie_ids)
     for key in expected:
         if key != "label":
             np.testing.assert_array_equal(got[key], expected[key], err_msg=key)

@@ -2,25 +2,27 @@
 
 A request scores one user against N movies. Movie features change only when features are materialized,
 so the movie half of every row is encoded once per cache refresh; per request only the user's single row
-is encoded, then both halves are combined column by column. Because ``transform`` encodes each column
-independently, the result is identical to transforming the fully joined rows (tests/test_ranker.py checks).
+is encoded (from plain values, no DataFrame), then both halves are combined column by column. Because the
+transform encodes each column independently, the result is identical to transforming the fully joined rows
+(tests/test_ranker.py checks).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import polars as pl
 
-from starling.features.spec import (
-    LIKED_MOVIE_FIELDS,
-    MOVIE_FEATURE_COLUMNS,
-    MOVIE_GENRE_FIELDS,
-    NUMERIC_FIELDS,
-    USER_FEATURE_COLUMNS,
-    USER_GENRE_FIELDS,
-    FeatureSpec,
+from starling.features.spec import MOVIE_FEATURE_COLUMNS, NUMERIC_FIELDS, USER_FEATURE_COLUMNS, FeatureSpec
+from starling.features.transform import (
+    GENRE_COLUMNS,
+    ID_COLUMNS,
+    NULL_ID,
+    FeatureColumns,
+    columns_from_frame,
+    transform_columns,
 )
-from starling.features.transform import transform
 
 USER_KEYS = ("user", "user_genres", "liked_movies")
 MOVIE_KEYS = ("movie", "movie_genres")
@@ -28,23 +30,27 @@ MIXED_KEYS = ("numeric", "numeric_missing", "numeric_buckets")
 MOVIE_NUMERIC_COLUMNS = np.array([name.startswith("movie_") for name in NUMERIC_FIELDS])
 
 
-def _dtype(column: str) -> pl.DataType:
-    if column in USER_GENRE_FIELDS or column in MOVIE_GENRE_FIELDS:
-        return pl.String()
-    if column in LIKED_MOVIE_FIELDS or column.endswith("_count") or column.endswith("_id"):
-        return pl.Int64()
-    return pl.Float64()
+def _null_of(column: str) -> object:
+    if column in ID_COLUMNS:
+        return NULL_ID
+    return "" if column in GENRE_COLUMNS else np.nan
 
 
-def _with_nulls(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
-    return frame.with_columns([pl.lit(None, dtype=_dtype(c)).alias(c) for c in columns])
+def user_columns(user_id: int, features: Mapping[str, object]) -> FeatureColumns:
+    """One user's row as transform input, from plain values (e.g. a Feast online read); None = null.
+
+    The movie half is null: :meth:`ServingEncoder.encode` takes movie columns from its own cache.
+    """
+    columns: FeatureColumns = {"user_id": np.array([user_id], dtype=np.int64)}
+    for column in (*USER_FEATURE_COLUMNS, "movie_id", *MOVIE_FEATURE_COLUMNS):  # ~20 columns, one row
+        value = features.get(column)
+        columns[column] = np.array([_null_of(column) if value is None else value])
+    return columns
 
 
-def blank_user(user_id: int) -> pl.DataFrame:
-    """A user row with every feature null (an unknown user: the transform maps it to defaults)."""
-    return _with_nulls(
-        pl.DataFrame({"user_id": [user_id]}, schema={"user_id": pl.Int64}), USER_FEATURE_COLUMNS
-    )
+def blank_user(user_id: int) -> FeatureColumns:
+    """A user with every feature null (an unknown user: the transform maps it to defaults)."""
+    return user_columns(user_id, {})
 
 
 class ServingEncoder:
@@ -54,31 +60,28 @@ class ServingEncoder:
         self.spec = spec
         self.movie_ids = movies["movie_id"].to_numpy().astype(np.int64)
         # A last all-null row stands for any movie missing from the cache.
-        unknown = _with_nulls(
-            pl.DataFrame({"movie_id": [None]}, schema={"movie_id": pl.Int64}), MOVIE_FEATURE_COLUMNS
-        )
-        movies = pl.concat([movies, unknown.select(movies.columns)], how="vertical_relaxed")
-        self.movie_encoded = transform(_with_nulls(movies, ("user_id", *USER_FEATURE_COLUMNS)), spec)
+        nulls = [pl.lit(None).alias(column) for column in ("user_id", *USER_FEATURE_COLUMNS)]
+        movies = pl.concat(
+            [movies, pl.DataFrame({"movie_id": [None]}, schema={"movie_id": pl.Int64})],
+            how="diagonal_relaxed",
+        ).with_columns(nulls)
+        self.movie_encoded = transform_columns(columns_from_frame(movies), spec)
 
     def movie_rows(self, movie_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Encoded-row index for each movie id (the null row for unknown ids) and a found mask."""
-        pos = np.searchsorted(self.movie_ids, movie_ids)
-        pos = np.minimum(pos, max(len(self.movie_ids) - 1, 0))
-        found = (self.movie_ids[pos] == movie_ids) if len(self.movie_ids) else np.zeros(len(movie_ids), bool)
+        if len(self.movie_ids) == 0:
+            return np.zeros(len(movie_ids), dtype=np.int64), np.zeros(len(movie_ids), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.movie_ids, movie_ids), len(self.movie_ids) - 1)
+        found = self.movie_ids[pos] == movie_ids
         return np.where(found, pos, len(self.movie_ids)), found
 
-    def encode(self, user_row: pl.DataFrame, movie_ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Encoded batch for one user (a one-row frame: user_id + USER_FEATURE_COLUMNS) and N movies."""
+    def encode(self, user: FeatureColumns, movie_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Encoded batch for one user (see :func:`user_columns`) and N movies."""
         n = len(movie_ids)
-        user = transform(
-            _with_nulls(
-                user_row.select("user_id", *USER_FEATURE_COLUMNS), ("movie_id", *MOVIE_FEATURE_COLUMNS)
-            ),
-            self.spec,
-        )
+        user_encoded = transform_columns(user, self.spec)
         rows, _ = self.movie_rows(np.asarray(movie_ids, dtype=np.int64))
-        out = {key: np.repeat(user[key], n, axis=0) for key in USER_KEYS}
+        out = {key: np.repeat(user_encoded[key], n, axis=0) for key in USER_KEYS}
         out.update({key: self.movie_encoded[key][rows] for key in MOVIE_KEYS})
         for key in MIXED_KEYS:
-            out[key] = np.where(MOVIE_NUMERIC_COLUMNS, self.movie_encoded[key][rows], user[key])
+            out[key] = np.where(MOVIE_NUMERIC_COLUMNS, self.movie_encoded[key][rows], user_encoded[key])
         return out

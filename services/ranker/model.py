@@ -27,7 +27,7 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 
 from services.common.observability import FEATURE_FRESHNESS, MODEL_INFO
-from services.ranker.encoding import ServingEncoder, blank_user
+from services.ranker.encoding import ServingEncoder, blank_user, user_columns
 from starling.config import Settings, get_settings
 from starling.features.spec import MOVIE_FEATURE_COLUMNS, USER_FEATURE_COLUMNS
 from starling.featurestore import MOVIE_VIEW, USER_VIEW, get_feature_store, registry_path
@@ -35,6 +35,7 @@ from training.artifacts import Artifact, load_artifact, resolve_artifact
 from training.models.base import FEATURE_KEYS
 
 log = logging.getLogger("starling.ranker")
+USER_REFS = [f"{USER_VIEW}:{column}" for column in USER_FEATURE_COLUMNS]
 
 
 def pick_device(preference: str) -> torch.device:
@@ -89,9 +90,17 @@ class RankerModel(Model):
         )
         return RankerState(artifact, model, encoder, artifact_path, mtime)
 
+    def user_features(self, user_id: int) -> tuple[dict[str, object], bool]:
+        """One user's online features as plain values (None = null), and whether the store knows the user."""
+        row = self._store.get_online_features(
+            features=USER_REFS, entity_rows=[{"user_id": user_id}]
+        ).to_dict()
+        values = {column: row[column][0] for column in USER_FEATURE_COLUMNS}
+        return values, values["user_rating_count"] is not None
+
     def _warm_up(self, model: torch.nn.Module, encoder: ServingEncoder, movie_ids: np.ndarray) -> None:
         """One online read and one forward pass, so the first real request pays no one-off costs."""
-        self._online_frame(USER_VIEW, "user_id", np.array([0]), USER_FEATURE_COLUMNS)
+        self.user_features(0)
         encoded = encoder.encode(blank_user(0), movie_ids)
         with torch.inference_mode():
             model({key: torch.from_numpy(encoded[key]).to(self.device) for key in FEATURE_KEYS})
@@ -164,11 +173,8 @@ class RankerModel(Model):
             raise InvalidInput("ids must be >= 0")
         state = self.state
         user_id = int(user_ids[0])
-        user = self._online_frame(USER_VIEW, "user_id", np.array([user_id]), USER_FEATURE_COLUMNS)
-        found = user["user_rating_count"][0] is not None
-        if not found:
-            user = blank_user(user_id)
-        encoded = state.encoder.encode(user, movie_ids.astype(np.int64))
+        values, found = self.user_features(user_id)
+        encoded = state.encoder.encode(user_columns(user_id, values), movie_ids.astype(np.int64))
         return state, encoded, found, payload.id
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> InferResponse:

@@ -97,23 +97,25 @@ def merge_channels(
     """
     by_name = {c.name: c for c in channels}
     ordered = [by_name[name] for name in CHANNEL_PRIORITY if name in by_name]
-    taken = np.empty(0, dtype=np.int64)
+    taken = np.zeros(max((int(c.positions.max(initial=-1)) for c in ordered), default=-1) + 1, dtype=bool)
     picks: list[tuple[int, np.ndarray, np.ndarray]] = []  # (channel index, rows, scores)
+    count = 0
 
     def take(channel_index: int, rows: np.ndarray, scores: np.ndarray, budget: int) -> None:
-        nonlocal taken
-        fresh = ~np.isin(rows, taken)
+        nonlocal count
+        fresh = ~taken[rows]
         rows, scores = rows[fresh][:budget], scores[fresh][:budget]
         if len(rows):
             picks.append((channel_index, rows, scores))
-            taken = np.concatenate([taken, rows])
+            taken[rows] = True
+            count += len(rows)
 
     for i, channel in enumerate(ordered):
-        take(i, channel.positions, channel.scores, min(quotas.get(channel.name, 0), n - len(taken)))
+        take(i, channel.positions, channel.scores, min(quotas.get(channel.name, 0), n - count))
     for i, channel in enumerate(ordered):
-        if len(taken) >= n:
+        if count >= n:
             break
-        take(i, channel.positions, channel.scores, n - len(taken))
+        take(i, channel.positions, channel.scores, n - count)
     if not picks:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), np.empty(0, dtype=object)
 

@@ -22,7 +22,7 @@ from services.recall.logic import (
     nearest_channel,
     popular_channel,
 )
-from services.recall.vector_index import VectorIndex
+from services.recall.vector_index import VectorIndex, neighbour_table
 from starling.config import get_settings
 from starling.errors import StarlingError
 from starling.v1 import recall_pb2, recall_pb2_grpc
@@ -31,6 +31,7 @@ log = logging.getLogger("starling.recall")
 
 MAX_RECALL = 2000
 RECENT_LIKES = 5
+NEIGHBOURS = 50  # precomputed item-to-item neighbours per movie
 
 
 def load_item_vectors(workdir: Path, method: str, catalog: Catalog) -> tuple[np.ndarray, str]:
@@ -65,6 +66,16 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         self.item_vectors = item_vectors
         self.quotas = quotas
         self.popularity_order = np.lexsort((catalog.movie_ids, -catalog.rating_counts))
+        # Item-to-item neighbours of every catalog movie (catalog rows, -1 = none), precomputed from the index.
+        self.neighbours = np.full((len(catalog), NEIGHBOURS), -1, dtype=np.int64)
+        self.neighbour_scores = np.full((len(catalog), NEIGHBOURS), -np.inf, dtype=np.float32)
+        has_vector = np.flatnonzero(np.any(item_vectors != 0, axis=1)) if item_vectors is not None else []
+        if index is not None and len(has_vector):
+            ids, scores = neighbour_table(
+                index, catalog.movie_ids[has_vector], item_vectors[has_vector], NEIGHBOURS
+            )
+            self.neighbours[has_vector] = catalog.positions(ids.ravel()).reshape(ids.shape)
+            self.neighbour_scores[has_vector] = scores
 
     async def _nearest(
         self, queries: np.ndarray, limit: int, timeout: float | None
@@ -93,15 +104,19 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         has_embedding = self.index is not None and len(liked) > 0
         if has_embedding:
             user_vector = self.item_vectors[liked].mean(axis=0)
-            want = self.quotas["embedding"] + n
+            want = self.quotas["embedding"] + n // 2
             rows, scores = await self._nearest(user_vector, want + int((~eligible).sum()), timeout)
             channels.append(nearest_channel("embedding", rows, scores, eligible, want))
             recent = liked[:RECENT_LIKES]
-            want = self.quotas["item2item"] + n // 2
-            rows, scores = await self._nearest(
-                self.item_vectors[recent], want // len(recent) + len(liked) + 1, timeout
+            channels.append(
+                nearest_channel(
+                    "item2item",
+                    self.neighbours[recent],
+                    self.neighbour_scores[recent],
+                    eligible,
+                    self.quotas["item2item"] + n // 2,
+                )
             )
-            channels.append(nearest_channel("item2item", rows, scores, eligible, want))
         channels.append(genre_channel(self.catalog, self.popularity_order, liked, eligible, n))
         channels.append(popular_channel(self.popularity_order, self.catalog.rating_counts, eligible, n))
         rows, scores, names = merge_channels(channels, self.quotas, n)
@@ -123,7 +138,10 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         eligible = np.ones(len(self.catalog), dtype=bool)
         eligible[pos] = False
         if self.index is not None and np.any(self.item_vectors[pos]):
-            rows, scores = await self._nearest(self.item_vectors[pos], k + 1, context.time_remaining())
+            if k <= NEIGHBOURS:
+                rows, scores = self.neighbours[pos], self.neighbour_scores[pos]
+            else:
+                rows, scores = await self._nearest(self.item_vectors[pos], k + 1, context.time_remaining())
             result = nearest_channel("embedding", rows, scores, eligible, k)
         else:  # no embedding for this movie: popular movies sharing its genres
             result = genre_channel(self.catalog, self.popularity_order, np.array([pos]), eligible, k)

@@ -84,3 +84,23 @@ class VectorIndex:
 
     def close(self) -> None:
         self.client.close()
+
+
+def neighbour_table(
+    index: VectorIndex, movie_ids: np.ndarray, vectors: np.ndarray, k: int, batch: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each movie's ``k`` nearest other movies, by batched searches of the index (done once, at start-up).
+
+    Returns (neighbour ids [movies, k], scores [movies, k]); -1 / -inf pad rows with fewer neighbours.
+    Item-to-item recall then costs a table lookup per request instead of a search.
+    """
+    ids = np.full((len(movie_ids), k), -1, dtype=np.int64)
+    scores = np.full((len(movie_ids), k), -np.inf, dtype=np.float32)
+    for start in range(0, len(movie_ids), batch):  # one search per batch of query vectors
+        found, found_scores = index.search(vectors[start : start + batch], k + 1)
+        itself = found == movie_ids[start : start + batch, None]
+        # drop each movie itself (normally its own first hit), keep the next k
+        order = np.argsort(itself, axis=1, kind="stable")[:, :k]
+        ids[start : start + batch] = np.take_along_axis(found, order, axis=1)
+        scores[start : start + batch] = np.take_along_axis(found_scores, order, axis=1)
+    return ids, scores

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,32 @@ class FeatureSpec:
     def num_buckets(self) -> int:
         """Buckets per numeric field (bucket ids 1..num_buckets; 0 = null)."""
         return NUM_BUCKETS
+
+    @cached_property
+    def _lookup_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per vocabulary: its values sorted, and each sorted value's vocabulary position (for searchsorted)."""
+        lookups = {}
+        for name, values in self.vocabularies.items():
+            array = np.asarray(values, dtype=str if name == "genre" else np.int64)
+            order = np.argsort(array, kind="stable")
+            lookups[name] = (array[order], order.astype(np.int64))
+        return lookups
+
+    def lookup(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted values, their vocabulary positions) of vocabulary ``name``; index = position + 1."""
+        return self._lookup_arrays[name]
+
+    @cached_property
+    def _numeric_arrays(self) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        means = np.array([self.numeric_stats[f]["mean"] for f in NUMERIC_FIELDS], dtype=np.float64)
+        stds = np.array([self.numeric_stats[f]["std"] for f in NUMERIC_FIELDS], dtype=np.float64)
+        stds = np.where(np.isfinite(stds) & (stds > 0), stds, 1.0)
+        bounds = [np.asarray(self.numeric_stats[f]["quantiles"], dtype=np.float64) for f in NUMERIC_FIELDS]
+        return means, stds, bounds
+
+    def numeric_arrays(self) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Means, stds (0 or non-finite -> 1) and quantile boundaries of NUMERIC_FIELDS, in field order."""
+        return self._numeric_arrays
 
     def vocab_size(self, name: str) -> int:
         """Embedding table size for a vocabulary: its entries plus index 0 for unknown/null."""
