@@ -89,6 +89,7 @@ class Settings(BaseSettings):
         5.0, description="How often the ranker checks for a new model or features."
     )
     ranker_device: str = Field("auto", description="auto (CUDA when present), cpu or cuda.")
+    ranker_torch_threads: int = Field(1, description="torch intra-op threads of the ranker (CPU).")
     ranker_max_movies: int = Field(2000, description="Most movies one ranker request may score.")
     ranker_model_name: str = Field("starling-ranker", description="KServe model name of the ranker.")
     rerank_rules: Path | None = Field(

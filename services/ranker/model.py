@@ -14,7 +14,6 @@ the request path and swaps it in with one assignment: requests in flight finish 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +195,6 @@ class RankerModel(Model):
         )
 
 
-def torch_threads() -> None:
-    """Serving answers one small batch at a time: a couple of threads beat many contended ones."""
-    torch.set_num_threads(int(os.environ.get("STARLING_TORCH_THREADS", "2")))
+def torch_threads(settings: Settings) -> None:
+    """Serving answers one small batch at a time: one or two threads beat many contended ones."""
+    torch.set_num_threads(settings.ranker_torch_threads)

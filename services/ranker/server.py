@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from kserve import ModelServer
 
 from services.common.jsonlog import configure_logging
@@ -12,7 +14,10 @@ from starling.config import get_settings
 def main() -> None:
     settings = get_settings()
     configure_logging("ranker")
-    torch_threads()
+    # KServe logs two INFO lines per request (method and latency); latency lives in /metrics instead.
+    for name in ("kserve", "kserve.trace"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    torch_threads(settings)
     model = RankerModel(settings.ranker_model_name, settings.workdir, settings)
     model.load()
     ModelServer(
@@ -20,6 +25,7 @@ def main() -> None:
         grpc_port=settings.ranker_grpc_port,
         workers=1,
         enable_docs_url=False,
+        enable_latency_logging=False,
     ).start([model])
 
 
