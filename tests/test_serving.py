@@ -22,9 +22,25 @@ from starling.v1 import common_pb2, recommend_pb2, recommend_pb2_grpc
 pytestmark = pytest.mark.slow
 
 
+# A user with ratings (so candidates and recall know them) whose features were never materialized.
+UNMATERIALIZED_USER = 777_777
+
+
 @pytest.fixture(scope="module")
-def stack(ml_small_trained: Path) -> Iterator[tuple[Settings, recommend_pb2_grpc.RecommendServiceStub]]:
+def stack(
+    ml_small_trained: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, recommend_pb2_grpc.RecommendServiceStub]]:
     import socket
+
+    import polars as pl
+    from conftest import copy_workdir
+
+    workdir = copy_workdir(ml_small_trained, tmp_path_factory.mktemp("serving"))
+    ratings = pl.read_parquet(workdir / "ratings.parquet")
+    late = ratings.head(1).with_columns(
+        user_id=pl.lit(UNMATERIALIZED_USER, dtype=pl.Int64), rating=pl.lit(5.0, dtype=pl.Float32)
+    )
+    pl.concat([ratings, late]).write_parquet(workdir / "ratings.parquet")
 
     def port() -> int:
         with socket.socket() as sock:
@@ -37,16 +53,16 @@ def stack(ml_small_trained: Path) -> Iterator[tuple[Settings, recommend_pb2_grpc
     # Generous stage deadlines: these tests check behaviour on a shared, noisy machine, not speed.
     deadlines = {f"{stage}_timeout_ms": 5000 for stage in ("candidates", "recall", "ranker", "rerank")}
     settings = Settings(
-        workdir=ml_small_trained, **deadlines, **{f"{name}_port": value for name, value in ports.items()}
+        workdir=workdir, **deadlines, **{f"{name}_port": value for name, value in ports.items()}
     )
-    started = up(ml_small_trained, timeout_s=240, settings=settings)
+    started = up(workdir, timeout_s=240, settings=settings)
     assert [p.name for p in started] == ["candidates", "recall", "rerank", "ranker", "recommend"]
     channel = grpc.insecure_channel(f"127.0.0.1:{settings.recommend_port}")
     try:
         yield settings, recommend_pb2_grpc.RecommendServiceStub(channel)
     finally:
         channel.close()
-        down(ml_small_trained)
+        down(workdir)
 
 
 def _request(user_id: int = 1, k: int = 20, **context) -> recommend_pb2.RecommendRequest:
@@ -55,8 +71,8 @@ def _request(user_id: int = 1, k: int = 20, **context) -> recommend_pb2.Recommen
     )
 
 
-def test_recommend_round_trip(stack, ml_small_trained: Path) -> None:
-    _, stub = stack
+def test_recommend_round_trip(stack) -> None:
+    settings, stub = stack
     response = stub.Recommend(_request(1, 20), timeout=10)
     assert len(response.items) == 20 and not response.degraded, response.degraded
     assert response.model_version and response.request_id
@@ -65,7 +81,7 @@ def test_recommend_round_trip(stack, ml_small_trained: Path) -> None:
     import polars as pl
 
     rated = set(
-        pl.read_parquet(ml_small_trained / "ratings.parquet").filter(pl.col("user_id") == 1)["movie_id"]
+        pl.read_parquet(settings.workdir / "ratings.parquet").filter(pl.col("user_id") == 1)["movie_id"]
     )
     assert not set(ids) & rated, "already-rated movies must not be recommended"
     assert all(item.title and item.channel for item in response.items)
@@ -78,6 +94,14 @@ def test_recommend_round_trip(stack, ml_small_trained: Path) -> None:
     cold = stub.Recommend(_request(10_000_000, 10), timeout=10)
     assert len(cold.items) == 10 and {item.channel for item in cold.items} == {"cold_start"}
     assert not [d for d in cold.degraded if d.stage != "features"]
+
+
+def test_missing_online_features_fall_back_to_defaults(stack) -> None:
+    _, stub = stack
+    response = stub.Recommend(_request(UNMATERIALIZED_USER, 10), timeout=10)
+    assert len(response.items) == 10
+    assert [d.stage for d in response.degraded] == ["features"], response.degraded
+    assert "defaults" in response.degraded[0].reason
 
 
 def test_similar_items(stack) -> None:
@@ -155,19 +179,30 @@ def _kill(workdir: Path, name: str) -> None:
         time.sleep(0.1)
 
 
-def test_fallbacks_when_ranker_then_recall_die(stack, ml_small_trained: Path) -> None:
+def test_fallbacks_as_stages_die_one_by_one(stack) -> None:
     """Runs last in this module: it kills services (the fixture's `down` cleans up)."""
-    _, stub = stack
-    _kill(ml_small_trained, "ranker")
+    settings, stub = stack
+    workdir = settings.workdir
+    _kill(workdir, "ranker")
     response = stub.Recommend(_request(1, 10), timeout=10)
     assert len(response.items) == 10
     assert [d.stage for d in response.degraded] == ["ranker"], response.degraded
     assert "recall order" in response.degraded[0].reason
 
-    _kill(ml_small_trained, "recall")
+    _kill(workdir, "recall")
     response = stub.Recommend(_request(1, 10), timeout=10)
     assert len(response.items) == 10
     assert [d.stage for d in response.degraded] == ["recall", "ranker"], response.degraded
     assert {item.channel for item in response.items} == {"popular"}
     similar = stub.SimilarItems(recommend_pb2.SimilarItemsRequest(movie_id=1, k=3), timeout=10)
     assert len(similar.items) == 3
+
+    _kill(workdir, "rerank")
+    _kill(workdir, "candidates")
+    response = stub.Recommend(_request(1, 10, exclude_movie_ids=[318]), timeout=10)
+    assert len(response.items) == 10 and 318 not in [item.movie_id for item in response.items]
+    assert [d.stage for d in response.degraded] == ["candidates", "recall", "ranker", "rerank"], (
+        response.degraded
+    )
+    scores = [item.score for item in response.items]
+    assert scores == sorted(scores, reverse=True), "without rerank: top k by score"
