@@ -1,11 +1,26 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from starling.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class FeedbackKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEEDBACK_KIND_UNSPECIFIED: _ClassVar[FeedbackKind]
+    FEEDBACK_KIND_RATING: _ClassVar[FeedbackKind]
+    FEEDBACK_KIND_CLICK: _ClassVar[FeedbackKind]
+    FEEDBACK_KIND_WATCH: _ClassVar[FeedbackKind]
+FEEDBACK_KIND_UNSPECIFIED: FeedbackKind
+FEEDBACK_KIND_RATING: FeedbackKind
+FEEDBACK_KIND_CLICK: FeedbackKind
+FEEDBACK_KIND_WATCH: FeedbackKind
 
 class RecommendRequest(_message.Message):
     __slots__ = ("user_id", "k", "context")
@@ -60,3 +75,43 @@ class SimilarItemsResponse(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     request_id: str
     def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class FeedbackEvent(_message.Message):
+    __slots__ = ("user_id", "movie_id", "kind", "rating", "time")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    MOVIE_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    movie_id: int
+    kind: FeedbackKind
+    rating: float
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[int] = ..., movie_id: _Optional[int] = ..., kind: _Optional[_Union[FeedbackKind, str]] = ..., rating: _Optional[float] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RecordFeedbackRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[FeedbackEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[FeedbackEvent, _Mapping]]] = ...) -> None: ...
+
+class FeedbackResult(_message.Message):
+    __slots__ = ("accepted", "duplicate", "reason")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    duplicate: bool
+    reason: str
+    def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RecordFeedbackResponse(_message.Message):
+    __slots__ = ("results", "accepted", "rejected")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[FeedbackResult]
+    accepted: int
+    rejected: int
+    def __init__(self, results: _Optional[_Iterable[_Union[FeedbackResult, _Mapping]]] = ..., accepted: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...

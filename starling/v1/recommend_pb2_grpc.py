@@ -45,6 +45,11 @@ class RecommendServiceStub:
                 request_serializer=starling_dot_v1_dot_recommend__pb2.SimilarItemsRequest.SerializeToString,
                 response_deserializer=starling_dot_v1_dot_recommend__pb2.SimilarItemsResponse.FromString,
                 _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/starling.v1.RecommendService/RecordFeedback',
+                request_serializer=starling_dot_v1_dot_recommend__pb2.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=starling_dot_v1_dot_recommend__pb2.RecordFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RecommendServiceServicer:
@@ -63,6 +68,14 @@ class RecommendServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordFeedback(self, request, context):
+        """Record ratings, clicks and watches. Each accepted event is durably in the event log before the reply,
+        and the user's online features and embedding reflect it for the next Recommend.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommendServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_RecommendServiceServicer_to_server(servicer, server):
                     servicer.SimilarItems,
                     request_deserializer=starling_dot_v1_dot_recommend__pb2.SimilarItemsRequest.FromString,
                     response_serializer=starling_dot_v1_dot_recommend__pb2.SimilarItemsResponse.SerializeToString,
+            ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=starling_dot_v1_dot_recommend__pb2.RecordFeedbackRequest.FromString,
+                    response_serializer=starling_dot_v1_dot_recommend__pb2.RecordFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class RecommendService:
             '/starling.v1.RecommendService/SimilarItems',
             starling_dot_v1_dot_recommend__pb2.SimilarItemsRequest.SerializeToString,
             starling_dot_v1_dot_recommend__pb2.SimilarItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/starling.v1.RecommendService/RecordFeedback',
+            starling_dot_v1_dot_recommend__pb2.RecordFeedbackRequest.SerializeToString,
+            starling_dot_v1_dot_recommend__pb2.RecordFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

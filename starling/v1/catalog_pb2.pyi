@@ -1,0 +1,67 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Movie(_message.Message):
+    __slots__ = ("movie_id", "title", "release_year", "genres", "rating_count", "avg_rating")
+    MOVIE_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_YEAR_FIELD_NUMBER: _ClassVar[int]
+    GENRES_FIELD_NUMBER: _ClassVar[int]
+    RATING_COUNT_FIELD_NUMBER: _ClassVar[int]
+    AVG_RATING_FIELD_NUMBER: _ClassVar[int]
+    movie_id: int
+    title: str
+    release_year: int
+    genres: _containers.RepeatedScalarFieldContainer[str]
+    rating_count: int
+    avg_rating: float
+    def __init__(self, movie_id: _Optional[int] = ..., title: _Optional[str] = ..., release_year: _Optional[int] = ..., genres: _Optional[_Iterable[str]] = ..., rating_count: _Optional[int] = ..., avg_rating: _Optional[float] = ...) -> None: ...
+
+class UpsertMovieRequest(_message.Message):
+    __slots__ = ("movie",)
+    MOVIE_FIELD_NUMBER: _ClassVar[int]
+    movie: Movie
+    def __init__(self, movie: _Optional[_Union[Movie, _Mapping]] = ...) -> None: ...
+
+class UpsertMovieResponse(_message.Message):
+    __slots__ = ("movie", "created")
+    MOVIE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    movie: Movie
+    created: bool
+    def __init__(self, movie: _Optional[_Union[Movie, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class GetMovieRequest(_message.Message):
+    __slots__ = ("movie_id",)
+    MOVIE_ID_FIELD_NUMBER: _ClassVar[int]
+    movie_id: int
+    def __init__(self, movie_id: _Optional[int] = ...) -> None: ...
+
+class ListUserRatingsRequest(_message.Message):
+    __slots__ = ("user_id", "limit")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    limit: int
+    def __init__(self, user_id: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class UserRating(_message.Message):
+    __slots__ = ("movie", "rating", "time_unix_ms")
+    MOVIE_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    movie: Movie
+    rating: float
+    time_unix_ms: int
+    def __init__(self, movie: _Optional[_Union[Movie, _Mapping]] = ..., rating: _Optional[float] = ..., time_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ListUserRatingsResponse(_message.Message):
+    __slots__ = ("ratings",)
+    RATINGS_FIELD_NUMBER: _ClassVar[int]
+    ratings: _containers.RepeatedCompositeFieldContainer[UserRating]
+    def __init__(self, ratings: _Optional[_Iterable[_Union[UserRating, _Mapping]]] = ...) -> None: ...
