@@ -43,3 +43,9 @@ PROTOS := $(wildcard protos/starling/v1/*.proto)
 .PHONY: protos
 protos: setup  ## regenerate starling/v1/*_pb2*.py from protos/
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+.PHONY: helm
+helm: setup  ## lint and render charts/starling with the pinned Helm (installed into .tools/bin by the script)
+	HELM=$$(scripts/install-helm.sh) && $$HELM lint charts/starling && \
+	$$HELM lint charts/starling -f charts/starling/ci/production-values.yaml && \
+	$$HELM template starling charts/starling -f charts/starling/ci/production-values.yaml >/dev/null

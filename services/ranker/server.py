@@ -6,7 +6,9 @@ import logging
 
 from kserve import ModelServer
 
+import starling
 from services.common.jsonlog import configure_logging
+from services.common.observability import BUILD_INFO
 from services.ranker.model import RankerModel, torch_threads
 from starling.config import get_settings
 
@@ -18,6 +20,7 @@ def main() -> None:
     for name in ("kserve", "kserve.trace"):
         logging.getLogger(name).setLevel(logging.WARNING)
     torch_threads(settings)
+    BUILD_INFO.labels("ranker", starling.__version__).set(1)
     model = RankerModel(settings.ranker_model_name, settings.workdir, settings)
     model.load()
     ModelServer(

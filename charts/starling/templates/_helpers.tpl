@@ -1,0 +1,139 @@
+{{/* Names ---------------------------------------------------------------------------------------------- */}}
+
+{{- define "starling.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* "<release>-<chart>", or just the release name when it already contains the chart name. */}}
+{{- define "starling.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "starling.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "starling.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "starling.artifactsClaim" -}}
+{{- default (printf "%s-artifacts" (include "starling.fullname" .)) .Values.artifacts.existingClaim -}}
+{{- end -}}
+
+{{/* Name of the ranker InferenceService; KServe names its predictor Service "<name>-predictor". */}}
+{{- define "starling.rankerName" -}}
+{{- printf "%s-ranker" (include "starling.fullname" .) | trunc 45 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels ----------------------------------------------------------------------------------------------- */}}
+
+{{- define "starling.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "starling.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Usage: include "starling.labels" (dict "root" $ "component" "recommend") */}}
+{{- define "starling.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{ include "starling.selectorLabels" . }}
+app.kubernetes.io/part-of: starling
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- end -}}
+
+{{/* Images ----------------------------------------------------------------------------------------------- */}}
+
+{{/* Usage: include "starling.image" .Values.image.services */}}
+{{- define "starling.image" -}}
+{{- if .digest -}}
+{{- printf "%s:%s@%s" .repository .tag .digest -}}
+{{- else -}}
+{{- printf "%s:%s" .repository .tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Security --------------------------------------------------------------------------------------------- */}}
+
+{{- define "starling.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+fsGroupChangePolicy: OnRootMismatch
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "starling.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Environment and volumes shared by every pod ---------------------------------------------------------- */}}
+
+{{- define "starling.env" -}}
+- name: STARLING_WORKDIR
+  value: {{ .Values.workdir | quote }}
+{{- if .Values.feast.redis.existingSecret }}
+- name: STARLING_REDIS_CONNECTION_STRING
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.feast.redis.existingSecret }}
+      key: {{ .Values.feast.redis.secretKey }}
+{{- end }}
+{{- end -}}
+
+{{- define "starling.volumes" -}}
+- name: artifacts
+  persistentVolumeClaim:
+    claimName: {{ include "starling.artifactsClaim" . }}
+- name: tmp
+  emptyDir:
+    sizeLimit: 2Gi
+{{- end -}}
+
+{{/* Usage: include "starling.volumeMounts" (dict "root" $ "readOnly" true) */}}
+{{- define "starling.volumeMounts" -}}
+- name: artifacts
+  mountPath: {{ .root.Values.workdir }}
+  readOnly: {{ .readOnly }}
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{/* Where recommend reaches each stage (host:port). */}}
+{{- define "starling.rankerTarget" -}}
+{{- default (printf "%s-predictor.%s.svc:80" (include "starling.rankerName" .) .Release.Namespace) .Values.ranker.target -}}
+{{- end -}}
+
+{{/* Checks that values.schema.json cannot express ---------------------------------------------------------- */}}
+{{- define "starling.validate" -}}
+{{- if not .Values.milvus.uri -}}
+{{- if or (gt (int .Values.services.recall.replicas) 1) .Values.services.recall.autoscaling.enabled -}}
+{{- fail "services.recall: milvus.uri is empty (milvus-lite file on the artifact volume), which allows one recall replica only: set milvus.uri or use replicas: 1 without autoscaling" -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq .Values.ranker.model.source "storageUri") (not .Values.ranker.model.storageUri) -}}
+{{- fail "ranker.model.source is storageUri but ranker.model.storageUri is empty" -}}
+{{- end -}}
+{{- if not (hasKey .Values.ranker.profiles .Values.ranker.profile) -}}
+{{- fail (printf "ranker.profile %q is not a key of ranker.profiles" .Values.ranker.profile) -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,451 @@
+"""The Helm chart charts/starling, checked with a real Helm binary (scripts/install-helm.sh installs a pinned one
+when `helm` is not on PATH): lint and render for the default and the production values, every rendered object
+validated (core kinds against the Kubernetes 1.33 OpenAPI schemas in strict mode, custom resources against
+their CRDs from ../shared/schemas/crds), skaffold.yaml against the skaffold v4beta13 JSON schema, bad values
+rejected by values.schema.json, and the properties the deployment relies on (security, probes, policies)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from starling.config import REPO_ROOT
+
+CHART = REPO_ROOT / "charts" / "starling"
+PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
+VALUES_FILES = {
+    "default": None,
+    "production": PRODUCTION_VALUES,
+    "dev": CHART / "ci" / "dev-values.yaml",
+    "gpu": CHART / "ci" / "gpu-values.yaml",
+}
+SCHEMAS = REPO_ROOT.parent / "shared" / "schemas"
+KUBERNETES_VERSION = "1.33.0"
+NAMESPACE = "starling"
+SERVICES = ("recommend", "candidates", "recall", "rerank")
+
+Manifest = dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """A Helm binary: the one on PATH, else the pinned one the install script puts in .tools/bin."""
+    on_path = shutil.which("helm")
+    if on_path:
+        return on_path
+    done = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "install-helm.sh")], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, f"scripts/install-helm.sh failed:\n{done.stderr}"
+    return done.stdout.strip().splitlines()[-1]
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+
+
+def render(helm: str, values: Path | None = None, *sets: str) -> list[Manifest]:
+    """`helm template` of the chart as release "starling" in namespace "starling"; returns the objects."""
+    args = ["template", "starling", str(CHART), "--namespace", NAMESPACE]
+    if values is not None:
+        args += ["-f", str(values)]
+    for assignment in sets:
+        args += ["--set", assignment]
+    done = run_helm(helm, *args)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered(helm: str) -> dict[str, list[Manifest]]:
+    return {name: render(helm, values) for name, values in VALUES_FILES.items()}
+
+
+def find(manifests: list[Manifest], kind: str, name: str | None = None) -> list[Manifest]:
+    return [m for m in manifests if m["kind"] == kind and (name is None or m["metadata"]["name"] == name)]
+
+
+def pod_specs(manifests: list[Manifest]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(object name, pod spec) of every workload, the ranker's predictor included."""
+    for m in manifests:
+        spec = m.get("spec", {})
+        if m["kind"] in ("Deployment", "Job"):
+            yield m["metadata"]["name"], spec["template"]["spec"]
+        elif m["kind"] == "CronJob":
+            yield m["metadata"]["name"], spec["jobTemplate"]["spec"]["template"]["spec"]
+        elif m["kind"] == "InferenceService":
+            yield m["metadata"]["name"], spec["predictor"]
+
+
+# ----------------------------------------------------------------------------------------- CRD validation
+def strict_schema(schema: Any) -> Any:
+    """An openAPIV3Schema made strict the way `kubectl --validate=strict` is: an object schema that lists its
+    properties rejects unknown fields, unless the CRD preserves unknown fields there."""
+    if isinstance(schema, list):
+        return [strict_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {key: strict_schema(value) for key, value in schema.items()}
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        strict["additionalProperties"] = False
+    return strict
+
+
+def load_crd_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
+    """(apiVersion, kind) -> validator, for every CRD copy in ../shared/schemas/crds."""
+    validators = {}
+    for path in sorted((SCHEMAS / "crds").glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                schema = strict_schema(version["schema"]["openAPIV3Schema"])
+                # metadata is validated by the API server itself, not by the CRD schema.
+                schema["properties"]["metadata"] = {"type": "object"}
+                validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+    return validators
+
+
+CRD_VALIDATORS = load_crd_validators()
+
+
+def validation_errors(manifest: Manifest) -> list[str]:
+    """Why ``manifest`` is not a valid object of its kind (empty when valid)."""
+    key = (manifest["apiVersion"], manifest["kind"])
+    where = f"{manifest['kind']}/{manifest['metadata']['name']}"
+    if key in CRD_VALIDATORS:
+        return [
+            f"{where}: {'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in CRD_VALIDATORS[key].iter_errors(manifest)
+        ]
+    if "." in manifest["apiVersion"].split("/")[0] and not manifest["apiVersion"].split("/")[0].endswith(
+        ".k8s.io"
+    ):
+        return [f"{where}: no CRD schema for {manifest['apiVersion']} in {SCHEMAS / 'crds'}"]
+    try:
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return [f"{where}: {'/'.join(map(str, exc.absolute_path))}: {exc.message}"]
+    except kubernetes_validate.utils.SchemaNotFoundError as exc:
+        return [f"{where}: {exc.message}"]
+    return []
+
+
+# ------------------------------------------------------------------------------------------------- tests
+def test_helm_is_pinned_v4(helm: str) -> None:
+    done = run_helm(helm, "version", "--short")
+    assert done.returncode == 0 and done.stdout.startswith("v4."), done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("values", ["default", "production"])
+def test_helm_lint(helm: str, values: str) -> None:
+    args = ["lint", str(CHART), "--strict"]
+    if VALUES_FILES[values] is not None:
+        args += ["-f", str(VALUES_FILES[values])]
+    done = run_helm(helm, *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+@pytest.mark.parametrize("values", list(VALUES_FILES))
+def test_every_rendered_object_validates(rendered: dict[str, list[Manifest]], values: str) -> None:
+    manifests = rendered[values]
+    errors = [error for manifest in manifests for error in validation_errors(manifest)]
+    assert not errors, "\n".join(errors)
+    kinds = {m["kind"] for m in manifests}
+    assert {"Deployment", "Service", "InferenceService", "Job", "PersistentVolumeClaim"} <= kinds
+    if values != "dev":  # dev turns the CronJob and the NetworkPolicies off
+        assert {"CronJob", "NetworkPolicy", "PodDisruptionBudget"} <= kinds
+    if values == "production":
+        assert {"HorizontalPodAutoscaler", "ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
+
+
+def test_validation_catches_unknown_fields_and_bad_types(rendered: dict[str, list[Manifest]]) -> None:
+    """The validators above can fail: strict mode rejects a misspelt field, in core kinds and in CRDs."""
+    production = rendered["production"]
+    deployment = copy.deepcopy(find(production, "Deployment", "starling-recommend")[0])
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
+    assert any("readinessProbes" in e for e in validation_errors(deployment))
+    deployment = copy.deepcopy(find(production, "Deployment", "starling-recommend")[0])
+    deployment["spec"]["replicas"] = "two"
+    assert validation_errors(deployment)
+    monitor = copy.deepcopy(find(production, "ServiceMonitor")[0])
+    monitor["spec"]["endpoints"][0]["scrapeIntervall"] = "1s"
+    assert any("scrapeIntervall" in e for e in validation_errors(monitor))
+    isvc = copy.deepcopy(find(production, "InferenceService")[0])
+    isvc["spec"]["predictor"]["minReplicas"] = "one"
+    assert validation_errors(isvc)
+
+
+def test_skaffold_yaml_matches_v4beta13_schema() -> None:
+    schema = json.loads((SCHEMAS / "skaffold" / "v4beta13.json").read_text())
+    config = yaml.safe_load((REPO_ROOT / "skaffold.yaml").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(config)]
+    assert not errors, "\n".join(errors)
+    assert config["apiVersion"] == "skaffold/v4beta13"
+    dockerfiles = {a["image"]: a["docker"]["dockerfile"] for a in config["build"]["artifacts"]}
+    assert dockerfiles == {
+        "starling-services": "docker/Dockerfile.services",
+        "starling-ranker": "docker/Dockerfile.ranker",
+    }
+    assert all((REPO_ROOT / path).is_file() for path in dockerfiles.values())
+    release = config["deploy"]["helm"]["releases"][0]
+    assert (REPO_ROOT / release["chartPath"]).resolve() == CHART
+    assert set(release["setValueTemplates"]) == {
+        "image.services.repository",
+        "image.services.tag",
+        "image.ranker.repository",
+        "image.ranker.tag",
+    }
+    assert {p["name"] for p in config["profiles"]} == {"cpu", "gpu", "dev"}
+    for profile in config["profiles"]:
+        for patch in profile.get("patches", []):
+            if str(patch.get("value", "")).endswith(".yaml"):
+                assert (REPO_ROOT / patch["value"]).is_file(), patch
+    broken = copy.deepcopy(config)
+    broken["deploy"]["helm"]["releases"][0]["chartPaht"] = "charts/starling"
+    assert list(validator.iter_errors(broken)), "the schema must reject an unknown release field"
+
+
+BAD_VALUES = [
+    ({"services": {"recommend": {"replicas": -1}}}, "/services/recommend/replicas", "minimum"),
+    ({"services": {"recall": {"port": "50053"}}}, "/services/recall/port", "want integer"),
+    ({"ranker": {"profile": "tpu"}}, "/ranker/profile", "value must be one of"),
+    ({"replicaCount": 3}, "additional properties 'replicaCount' not allowed", ""),
+    ({"image": {"services": {"repository": None}}}, "/image/services", "missing property 'repository'"),
+    ({"monitoring": {"rules": {"errorRatio": 2}}}, "/monitoring/rules/errorRatio", "maximum"),
+    ({"training": {"schedule": {"cron": "every day"}}}, "/training/schedule/cron", "does not match pattern"),
+    ({"config": {"extraEnv": {"PATH": "/bin"}}}, "invalid propertyName 'PATH'", "^STARLING_"),
+    (
+        {"services": {"rerank": {"autoscaling": {"enabled": "yes"}}}},
+        "/services/rerank/autoscaling",
+        "boolean",
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "where", "why"), BAD_VALUES, ids=[w for _, w, _ in BAD_VALUES])
+def test_schema_rejects_bad_values(helm: str, tmp_path: Path, values: dict, where: str, why: str) -> None:
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text(yaml.safe_dump(values))
+    for command in (
+        ["lint", str(CHART), "-f", str(bad)],
+        ["template", "starling", str(CHART), "-f", str(bad)],
+    ):
+        done = run_helm(helm, *command)
+        output = done.stdout + done.stderr
+        assert done.returncode != 0, f"helm {command[0]} accepted {values}"
+        assert where in output and why in output, output
+
+
+def test_template_refuses_milvus_lite_with_several_recall_replicas(helm: str) -> None:
+    done = run_helm(helm, "template", "starling", str(CHART), "--set", "services.recall.replicas=2")
+    assert done.returncode != 0
+    assert "milvus.uri is empty" in done.stderr and "one recall replica" in done.stderr
+    render(helm, None, "services.recall.replicas=2", "milvus.uri=http://milvus:19530")
+
+
+# ---------------------------------------------------------------------------------- what the chart promises
+@pytest.mark.parametrize("values", ["default", "production"])
+def test_pods_are_locked_down(rendered: dict[str, list[Manifest]], values: str) -> None:
+    specs = dict(pod_specs(rendered[values]))
+    assert len(specs) >= 7, sorted(specs)  # 4 services, ranker, Job, CronJob
+    for name, spec in specs.items():
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0, name
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert spec["automountServiceAccountToken"] is False, name
+        tmp_volumes = {v["name"] for v in spec["volumes"] if v["name"] == "tmp" and "emptyDir" in v}
+        assert tmp_volumes == {"tmp"}, name
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, (name, container["name"])
+            assert context["allowPrivilegeEscalation"] is False, (name, container["name"])
+            assert context["capabilities"]["drop"] == ["ALL"], (name, container["name"])
+            assert context["seccompProfile"]["type"] == "RuntimeDefault", (name, container["name"])
+            assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"], (
+                name,
+                container["name"],
+            )
+            assert container["resources"].get("requests"), (name, container["name"])
+
+
+def test_services_have_grpc_probes_ports_and_budgets(rendered: dict[str, list[Manifest]]) -> None:
+    manifests = rendered["production"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for name in SERVICES:
+        deployment = find(manifests, "Deployment", f"starling-{name}")[0]
+        assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        port = values["services"][name]["port"]
+        assert container["command"] == ["python", "-m", f"services.{name}.server"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": port}, (name, probe)
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["STARLING_METRICS_PORT"] == str(values["services"][name]["metricsPort"])
+        service = find(manifests, "Service", f"starling-{name}")[0]
+        assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
+            "grpc": port,
+            "metrics": values["services"][name]["metricsPort"],
+        }
+        hpa = find(manifests, "HorizontalPodAutoscaler", f"starling-{name}")[0]
+        assert (
+            hpa["apiVersion"] == "autoscaling/v2"
+            and hpa["spec"]["scaleTargetRef"]["name"] == f"starling-{name}"
+        )
+        assert find(manifests, "PodDisruptionBudget", f"starling-{name}")
+    config = find(manifests, "ConfigMap", "starling-config")[0]["data"]
+    assert config["STARLING_CANDIDATES_TARGET"] == "starling-candidates.starling.svc:50052"
+    assert config["STARLING_RANKER_TARGET"] == "starling-ranker-predictor.starling.svc:80"
+    assert config["STARLING_ONLINE_STORE"] == "redis" and config["STARLING_MILVUS_URI"].startswith("http://")
+    assert "STARLING_REDIS_CONNECTION_STRING" not in config, "the production password comes from a Secret"
+
+
+def test_network_policies_expose_only_recommend(rendered: dict[str, list[Manifest]]) -> None:
+    policies = {p["metadata"]["name"]: p["spec"] for p in find(rendered["default"], "NetworkPolicy")}
+    assert set(policies) == {f"starling-{name}" for name in (*SERVICES, "ranker")}
+    release_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "starling",
+                                                    "app.kubernetes.io/instance": "starling"}}}  # fmt: skip
+    for name, spec in policies.items():
+        assert spec["policyTypes"] == ["Ingress"]
+        serving_rule = spec["ingress"][0]
+        if name == "starling-recommend":
+            assert "from" not in serving_rule, "recommend takes calls from anywhere by default"
+        else:
+            assert serving_rule["from"] == [release_pods], name
+    production = {p["metadata"]["name"]: p["spec"] for p in find(rendered["production"], "NetworkPolicy")}
+    assert len(production["starling-recommend"]["ingress"][0]["from"]) == 2
+
+
+def test_ranker_profiles_and_model_sources(helm: str, rendered: dict[str, list[Manifest]]) -> None:
+    cpu = find(rendered["default"], "InferenceService")[0]["spec"]["predictor"]
+    gpu = find(rendered["production"], "InferenceService")[0]["spec"]["predictor"]
+    assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"].get("limits", {})
+    assert "tolerations" not in cpu
+    assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert gpu["tolerations"][0]["key"] == "nvidia.com/gpu" and gpu["nodeSelector"]
+    env = lambda predictor: {e["name"]: e.get("value") for e in predictor["containers"][0]["env"]}  # noqa: E731
+    assert env(cpu)["STARLING_RANKER_DEVICE"] == "cpu" and env(gpu)["STARLING_RANKER_DEVICE"] == "cuda"
+    pvc_mount = {m["name"]: m for m in cpu["containers"][0]["volumeMounts"]}["artifacts"]
+    assert pvc_mount["readOnly"] is True and pvc_mount["mountPath"] == env(cpu)["STARLING_WORKDIR"]
+
+    from_uri = render(
+        helm, None, "ranker.model.source=storageUri", "ranker.model.storageUri=s3://models/starling"
+    )
+    predictor = find(from_uri, "InferenceService")[0]["spec"]["predictor"]
+    assert predictor["storageUris"] == [{"uri": "s3://models/starling", "mountPath": "/mnt/models"}]
+    assert env(predictor)["STARLING_WORKDIR"] == "/mnt/models"
+    assert [v["name"] for v in predictor["volumes"]] == ["tmp"]
+    done = run_helm(helm, "template", "s", str(CHART), "--set", "ranker.model.source=storageUri")
+    assert done.returncode != 0 and "storageUri is empty" in done.stderr
+
+
+def test_training_runs_the_pipeline_in_order(rendered: dict[str, list[Manifest]]) -> None:
+    manifests = rendered["default"]
+    job = find(manifests, "Job", "starling-train-r1")[0]["spec"]["template"]["spec"]
+    steps = [c["name"] for c in job["initContainers"]] + [c["name"] for c in job["containers"]]
+    assert steps == ["ingest", "features-build", "features-materialize", "train", "evaluate"]
+    args = {c["name"]: c["args"] for c in job["initContainers"] + job["containers"]}
+    assert args["ingest"] == ["data", "ingest", "ml-latest-small", "--out", "/data", "--on-bad", "error"]
+    assert args["train"] == ["train", "/data", "--model", "all"]
+    assert args["evaluate"] == ["evaluate", "/data", "--json"]
+    assert job["restartPolicy"] == "Never"
+    cron = find(manifests, "CronJob", "starling-retrain")[0]["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid"
+    cron_pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in cron_pod["initContainers"]] == steps[:-1]
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for _, spec in pod_specs(manifests)
+        for v in spec["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"starling-artifacts"}, "services, ranker and training share one artifact volume"
+    dev = find(rendered["dev"], "CronJob")
+    assert not dev
+
+
+def test_dashboard_and_rules(rendered: dict[str, list[Manifest]]) -> None:
+    manifests = rendered["production"]
+    dashboard_map = find(manifests, "ConfigMap", "starling-dashboard")[0]
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(dashboard_map["data"]["starling.json"])
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for metric in (
+        "starling_grpc_server_handling_seconds_bucket",
+        "starling_grpc_server_handled_total",
+        "starling_stage_seconds_bucket",
+        "starling_stage_fallbacks_total",
+        "starling_model_info",
+        "starling_feature_materialized_timestamp_seconds",
+    ):
+        assert metric in exprs, metric
+    assert "histogram_quantile(0.99" in exprs
+    rules = find(manifests, "PrometheusRule")[0]["spec"]["groups"][0]["rules"]
+    assert {r["alert"] for r in rules} >= {"StarlingRecommendLatencyHigh", "StarlingErrorRateHigh"}
+    assert all(r["expr"] and r["for"] and r["labels"]["severity"] for r in rules)
+
+
+def test_notes_tell_how_to_call_the_service(helm: str) -> None:
+    done = run_helm(helm, "install", "starling", str(CHART), "--namespace", NAMESPACE, "--dry-run=client")
+    assert done.returncode == 0, done.stderr
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert "kubectl -n starling port-forward svc/starling-recommend 50051:50051" in notes
+    assert "starling.v1.RecommendService/Recommend" in notes and "grpcurl -plaintext" in notes
+
+
+def parse_starling_cli(args: list[str]) -> click.Command:
+    """The `starling` subcommand ``args`` name, after click has parsed its options (raises on bad ones)."""
+    from starling.cli import cli
+
+    command: click.Command = cli
+    while isinstance(command, click.Group):
+        assert args, f"missing subcommand of {command.name}"
+        sub = command.get_command(click.Context(command), args[0])
+        assert sub is not None, f"`starling {args[0]}` does not exist"
+        command, args = sub, args[1:]
+    command.make_context(command.name, list(args))
+    return command
+
+
+@pytest.mark.parametrize("values", ["default", "production"])
+def test_container_commands_exist(rendered: dict[str, list[Manifest]], values: str) -> None:
+    """Every container runs `python -m <module>` of this repository; `starling.cli` arguments parse."""
+    seen = set()
+    for name, spec in pod_specs(rendered[values]):
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            command = container["command"]
+            assert command[:2] == ["python", "-m"], (name, container["name"], command)
+            module = REPO_ROOT.joinpath(*command[2].split("."))
+            assert module.with_suffix(".py").is_file(), f"{name}/{container['name']}: {command[2]} not found"
+            if command[2] == "starling.cli":
+                seen.add(parse_starling_cli(container["args"]).name)
+            else:
+                seen.add(command[2])
+    assert seen >= {"ingest", "build", "materialize", "train", "evaluate", "services.ranker.server"}
+    assert {f"services.{name}.server" for name in SERVICES} <= seen
+
+
+def test_cli_parsing_catches_bad_arguments() -> None:
+    with pytest.raises(click.BadParameter):
+        parse_starling_cli(["data", "ingest", "ml-latest-small", "--out", "/data", "--on-bad", "ignore"])
+    with pytest.raises(AssertionError, match="does not exist"):
+        parse_starling_cli(["features", "publish", "/data"])
