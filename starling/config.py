@@ -92,9 +92,21 @@ class Settings(BaseSettings):
     ranker_torch_threads: int = Field(1, description="torch intra-op threads of the ranker (CPU).")
     ranker_max_movies: int = Field(2000, description="Most movies one ranker request may score.")
     ranker_model_name: str = Field("starling-ranker", description="KServe model name of the ranker.")
+    event_poll_s: float = Field(0.2, description="How often services read new feedback from the event log.")
+    max_feedback_future_s: float = Field(
+        300.0, description="Feedback timestamps may be at most this far ahead."
+    )
     rerank_rules: Path | None = Field(
         None, description="Re-ranking rules YAML; default services/rerank/rules.yaml."
     )
+
+    # --- web (services/web: HTTP gateway and pages) --------------------------------------------------------
+    web_port: int = Field(8088, description="HTTP port of the web gateway (pages, /api, /healthz, /metrics).")
+    web_recommend_target: str = Field(
+        "",
+        description="host:port of the Recommend/Catalog services for the gateway; default 127.0.0.1:recommend_port.",
+    )
+    web_timeout_s: float = Field(5.0, description="Deadline of each gRPC call the web gateway makes.")
 
 
 def stage_target(settings: Settings, stage: Literal["candidates", "recall", "rerank", "ranker"]) -> str:

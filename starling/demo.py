@@ -119,3 +119,4 @@ def run_demo(workdir: Path, dataset: str) -> None:
         f"stop them with `.venv/bin/starling down {workdir}`.",
         fg="green",
     )
+    click.echo(f"Open http://127.0.0.1:{get_settings().web_port}/users/{sample_user}")

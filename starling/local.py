@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starling.config import REPO_ROOT, Settings, get_settings
 from starling.errors import StarlingError
 
-# Start order: stages first, the orchestrator last.
-SERVICES = ("candidates", "recall", "rerank", "ranker", "recommend")
+# Start order: stages first, then the orchestrator, then the web gateway in front of it.
+SERVICES = ("candidates", "recall", "rerank", "ranker", "recommend", "web")
 
 
 @dataclass
@@ -42,6 +43,8 @@ def _port(settings: Settings, name: str) -> int:
 
 
 def _metrics_port(settings: Settings, name: str) -> int:
+    if name == "web":  # the gateway serves /metrics on its own HTTP port
+        return settings.web_port
     return settings.ranker_http_port if name == "ranker" else _port(settings, name) + 1000
 
 
@@ -66,7 +69,15 @@ def service_environment(workdir: Path, settings: Settings) -> dict[str, str]:
 
 
 def is_healthy(name: str, port: int, timeout: float = 1.0) -> bool:
-    """Standard gRPC health for our services; the v2 ServerReady RPC for the KServe ranker."""
+    """Standard gRPC health for our services; the v2 ServerReady RPC for the KServe ranker; GET /healthz for
+    the web gateway."""
+    if name == "web":
+        try:
+            no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with no_proxy.open(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             if name == "ranker":
@@ -129,13 +140,15 @@ def up(workdir: Path, timeout_s: float = 180.0, settings: Settings | None = None
     logs = run_dir(workdir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = service_environment(workdir, settings)
-    started: list[ServiceProcess] = []
-    for name in SERVICES:
+    for name in SERVICES:  # before starting anything, so a refusal leaves nothing behind
         port = _port(settings, name)
         if is_healthy(name, port, timeout=0.3):
             raise StarlingError(
                 f"port {port} already serves something: stop it or set STARLING_{name.upper()}_PORT"
             )
+    started: list[ServiceProcess] = []
+    for name in SERVICES:
+        port = _port(settings, name)
         log_path = logs / f"{name}.log"
         with log_path.open("ab") as log_file:
             process = subprocess.Popen(

@@ -156,6 +156,7 @@ def stack(workdir: Path) -> Iterator[Settings]:
         workdir=workdir,
         ranker_grpc_port=_free_port(),
         ranker_http_port=_free_port(),
+        web_port=_free_port(),
         **{f"{name}_port": port for name, port in ports.items()},
         # Generous deadlines: fallbacks must come from the killed stage, not from a busy shared machine.
         **{f"{stage}_timeout_ms": 5000 for stage in ("candidates", "recall", "ranker", "rerank")},

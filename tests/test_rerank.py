@@ -140,3 +140,12 @@ def test_rerank_service_round_trip_and_bad_input() -> None:
         await running.server.stop(0)
 
     asyncio.run(scenario())
+
+
+def test_taste_bonus_follows_the_users_top_genres() -> None:
+    from services.rerank.logic import taste_bonus
+
+    genre_vectors = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 1], [0, 0, 0]], dtype=np.float32)
+    bonus = taste_bonus(genre_vectors, np.array([1, 0]), weight=0.1)  # top genre: column 1, then column 0
+    assert bonus.tolist() == pytest.approx([0.05, 0.1, 0.1, 0.0])  # second genre: half
+    assert taste_bonus(genre_vectors, np.array([], dtype=np.int64), weight=0.1).tolist() == [0.0] * 4

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from starling.config import Settings
 from starling.local import down, read_state, up
-from starling.v1 import common_pb2, recommend_pb2, recommend_pb2_grpc
+from starling.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommend_pb2, recommend_pb2_grpc
 
 pytestmark = pytest.mark.slow
 
@@ -47,18 +47,17 @@ def stack(
             sock.bind(("127.0.0.1", 0))
             return sock.getsockname()[1]
 
-    ports = {
-        name: port() for name in ("recommend", "candidates", "recall", "rerank", "ranker_grpc", "ranker_http")
-    }
+    names = ("recommend", "candidates", "recall", "rerank", "ranker_grpc", "ranker_http", "web")
+    ports = {name: port() for name in names}
     # Generous stage deadlines: these tests check behaviour on a shared, noisy machine, not speed.
     deadlines = {f"{stage}_timeout_ms": 5000 for stage in ("candidates", "recall", "ranker", "rerank")}
     settings = Settings(
         workdir=workdir, **deadlines, **{f"{name}_port": value for name, value in ports.items()}
     )
     started = up(workdir, timeout_s=240, settings=settings)
-    assert [p.name for p in started] == ["candidates", "recall", "rerank", "ranker", "recommend"]
     channel = grpc.insecure_channel(f"127.0.0.1:{settings.recommend_port}")
     try:
+        assert [p.name for p in started] == ["candidates", "recall", "rerank", "ranker", "recommend", "web"]
         yield settings, recommend_pb2_grpc.RecommendServiceStub(channel)
     finally:
         channel.close()
@@ -163,6 +162,111 @@ def test_health_and_metrics(stack) -> None:
         and 'starling_stage_seconds_bucket{le="0.001",stage="ranker"}' in text
     )
     assert "starling_model_info{" in text
+
+
+def _catalog_stub(settings: Settings) -> catalog_pb2_grpc.CatalogServiceStub:
+    return catalog_pb2_grpc.CatalogServiceStub(grpc.insecure_channel(f"127.0.0.1:{settings.recommend_port}"))
+
+
+def _rating(user_id: int, movie_id: int, rating: float, **fields) -> recommend_pb2.FeedbackEvent:
+    return recommend_pb2.FeedbackEvent(
+        user_id=user_id, movie_id=movie_id, kind=recommend_pb2.FEEDBACK_KIND_RATING, rating=rating, **fields
+    )
+
+
+def test_feedback_moves_recommendations_toward_the_rated_genre_within_a_second(stack) -> None:
+    settings, stub = stack
+    import polars as pl
+
+    user, genre = 5, "Horror"
+    before = stub.Recommend(_request(user, 20), timeout=10)
+    genre_share_before = sum(genre in item.genres for item in before.items)
+    movies = pl.read_parquet(settings.workdir / "movies.parquet")
+    ratings = pl.read_parquet(settings.workdir / "ratings.parquet")
+    rated = set(ratings.filter(pl.col("user_id") == user)["movie_id"].to_list())
+    popular = ratings.group_by("movie_id").len().sort("len", descending=True)
+    horror = (
+        popular.join(movies.filter(pl.col("genres").list.contains(genre)), on="movie_id")
+        .filter(~pl.col("movie_id").is_in(list(rated)))["movie_id"]
+        .head(12)
+        .to_list()
+    )
+    reply = stub.RecordFeedback(
+        recommend_pb2.RecordFeedbackRequest(events=[_rating(user, m, 5.0) for m in horror]), timeout=10
+    )
+    assert reply.accepted == len(horror) and reply.rejected == 0
+    assert all(r.accepted and not r.duplicate for r in reply.results)
+
+    deadline = time.monotonic() + 1.0
+    while True:
+        after = stub.Recommend(_request(user, 20), timeout=10)
+        genre_share_after = sum(genre in item.genres for item in after.items)
+        rated_now = {item.movie_id for item in after.items} & set(horror)
+        if (genre_share_after > genre_share_before and not rated_now) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not rated_now, "movies just rated must leave the recommendations"
+    assert genre_share_after > genre_share_before, (genre_share_before, genre_share_after)
+    assert not after.degraded
+
+    history = _catalog_stub(settings).ListUserRatings(
+        catalog_pb2.ListUserRatingsRequest(user_id=user, limit=12)
+    )
+    assert {r.movie.movie_id for r in history.ratings} == set(horror), "the newest ratings come first"
+    assert all(r.rating == 5.0 for r in history.ratings)
+
+
+def test_bad_feedback_events_are_rejected_one_by_one_and_good_ones_kept(stack) -> None:
+    settings, stub = stack
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    past = Timestamp(seconds=1_600_000_000)
+    future = Timestamp(seconds=int(time.time()) + 86_400)
+    events = [
+        _rating(6, 1, 4.0, time=past),  # good
+        _rating(6, 99_999_999, 4.0),  # unknown movie
+        _rating(6, 2, 7.0),  # out of range
+        _rating(6, 3, 4.0, time=future),  # far future
+        _rating(-1, 1, 4.0),  # bad user id
+        recommend_pb2.FeedbackEvent(
+            user_id=6, movie_id=2, kind=recommend_pb2.FEEDBACK_KIND_WATCH
+        ),  # good, implicit
+        _rating(6, 1, 4.0, time=past),  # duplicate of the first
+    ]
+    reply = stub.RecordFeedback(recommend_pb2.RecordFeedbackRequest(events=events), timeout=10)
+    accepted = [r.accepted for r in reply.results]
+    assert accepted == [True, False, False, False, False, True, True]
+    reasons = [r.reason for r in reply.results]
+    assert "not in the catalog" in reasons[1] and "outside 0.5..5" in reasons[2]
+    assert "in the future" in reasons[3] and "user_id must be >= 0" in reasons[4]
+    assert [r.duplicate for r in reply.results] == [False] * 6 + [True]
+    assert (reply.accepted, reply.rejected) == (3, 4)
+
+    import polars as pl
+
+    from starling.events import RATING_STREAM, read_all
+
+    logged = read_all(settings.workdir, RATING_STREAM).filter(pl.col("user_id") == 6)
+    assert sorted(logged["kind"].to_list()) == ["rating", "watch"], (
+        "accepted events are in the durable log, once"
+    )
+    again = stub.RecordFeedback(recommend_pb2.RecordFeedbackRequest(events=events[:1]), timeout=10)
+    assert again.results[0].duplicate and again.results[0].accepted
+
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RecordFeedback(recommend_pb2.RecordFeedbackRequest(events=[events[0]] * 1001), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1000" in err.value.details()
+
+
+def test_catalog_lookups(stack) -> None:
+    settings, _ = stack
+    catalog = _catalog_stub(settings)
+    movie = catalog.GetMovie(catalog_pb2.GetMovieRequest(movie_id=1), timeout=10)
+    assert movie.title == "Toy Story" and movie.release_year == 1995 and "Animation" in movie.genres
+    assert movie.rating_count > 100 and 3.5 < movie.avg_rating < 4.5
+    with pytest.raises(grpc.RpcError) as err:
+        catalog.GetMovie(catalog_pb2.GetMovieRequest(movie_id=424242424), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def _kill(workdir: Path, name: str) -> None:

@@ -9,6 +9,7 @@ import grpc
 from services.candidates.logic import eligible_pool
 from services.common.catalog import Catalog
 from services.common.errors import check_id, check_ids
+from services.common.following import start_following
 from services.common.history import UserHistory
 from services.common.server import run_service
 from starling.config import get_settings
@@ -47,7 +48,9 @@ def main() -> None:
     settings = get_settings()
 
     async def register(server: grpc.aio.Server) -> list[str]:
-        candidates_pb2_grpc.add_CandidateServiceServicer_to_server(build_servicer(settings.workdir), server)
+        servicer = build_servicer(settings.workdir)
+        servicer.follower_task = start_following(settings.workdir, servicer.history, settings.event_poll_s)
+        candidates_pb2_grpc.add_CandidateServiceServicer_to_server(servicer, server)
         return [candidates_pb2.DESCRIPTOR.services_by_name["CandidateService"].full_name]
 
     run_service("candidates", register, settings.candidates_port)

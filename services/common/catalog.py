@@ -23,6 +23,7 @@ class Catalog:
     genre_matrix: np.ndarray  # bool [movies, genres]
     primary_genre: np.ndarray  # int32 index into genre_names, -1 = none
     rating_counts: np.ndarray  # int64: ratings seen in the data (popularity)
+    avg_ratings: np.ndarray  # float32: mean rating in the data, NaN when unrated
 
     def __len__(self) -> int:
         return len(self.movie_ids)
@@ -60,12 +61,18 @@ class Catalog:
             matrix[exploded["row"].to_numpy(), cols] = True
         first = movies["genres"].list.first().replace_strict(genre_index, default=-1, return_dtype=pl.Int32)
         counts = np.zeros(movies.height, dtype=np.int64)
+        averages = np.full(movies.height, np.nan, dtype=np.float32)
         if ratings is not None and ratings.height:
-            per_movie = ratings.group_by("movie_id").len()
+            aggregations = [pl.len().alias("count")]
+            if "rating" in ratings.columns:
+                aggregations.append(pl.col("rating").mean().alias("mean"))
+            per_movie = ratings.group_by("movie_id").agg(aggregations)
             joined = movies.select("movie_id").join(
                 per_movie, on="movie_id", how="left", maintain_order="left"
             )
-            counts = joined["len"].fill_null(0).to_numpy().astype(np.int64)
+            counts = joined["count"].fill_null(0).to_numpy().astype(np.int64)
+            if "mean" in joined.columns:
+                averages = joined["mean"].fill_null(np.nan).to_numpy().astype(np.float32)
         return cls(
             movie_ids=movies["movie_id"].to_numpy().astype(np.int64),
             titles=np.asarray(movies["title"].to_list(), dtype=object),
@@ -74,6 +81,7 @@ class Catalog:
             genre_matrix=matrix,
             primary_genre=first.fill_null(-1).to_numpy().astype(np.int32),
             rating_counts=counts,
+            avg_ratings=averages,
         )
 
     @classmethod
@@ -83,5 +91,7 @@ class Catalog:
             raise StarlingError(
                 f"{movies_path} not found: run `starling data ingest SOURCE --out {workdir}` first"
             )
-        ratings = pl.read_parquet(ratings_path, columns=["movie_id"]) if ratings_path.is_file() else None
+        ratings = (
+            pl.read_parquet(ratings_path, columns=["movie_id", "rating"]) if ratings_path.is_file() else None
+        )
         return cls.from_frames(pl.read_parquet(movies_path), ratings)

@@ -28,6 +28,10 @@ class Unavailable(RequestError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Unimplemented(RequestError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 MAX_K = 500
 
 

@@ -1,11 +1,12 @@
 """Every user's rating history as compressed sparse rows (one sorted array per column plus offsets).
 
-Loaded once from ratings.parquet; ``rated`` and ``liked`` are slices, no per-row Python.
+Loaded once from ratings.parquet; ``rated`` and ``liked`` are slices, no per-row Python. Real-time feedback
+is added with :meth:`UserHistory.add` into a small per-user overlay that the lookups combine with the base.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,48 @@ class UserHistory:
     offsets: np.ndarray  # int64 [users + 1]: user i's rows are offsets[i]:offsets[i + 1]
     movie_ids: np.ndarray  # int64, each user's ratings oldest first
     ratings: np.ndarray  # float32
+    timestamps: np.ndarray  # int64 microseconds since the epoch (UTC)
     like_threshold: float
+    # user id -> (movie ids, ratings, timestamps) added since loading, oldest first
+    extra: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def add(
+        self, user_ids: np.ndarray, movie_ids: np.ndarray, ratings: np.ndarray, timestamps: np.ndarray
+    ) -> None:
+        """Append ratings (in time order) to the users' histories."""
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        for user in np.unique(user_ids).tolist():  # one step per distinct user in the batch
+            rows = user_ids == user
+            current = self.extra.get(
+                user, (np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.int64))
+            )
+            added = (
+                np.asarray(movie_ids, dtype=np.int64)[rows],
+                np.asarray(ratings, dtype=np.float32)[rows],
+                np.asarray(timestamps, dtype=np.int64)[rows],
+            )
+            self.extra[user] = tuple(
+                np.concatenate([old, new]) for old, new in zip(current, added, strict=True)
+            )
+
+    def history_of(self, user_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The user's (movies, ratings, timestamps), oldest first, base and added."""
+        rows = self._slice(user_id)
+        base = (
+            (self.movie_ids[rows], self.ratings[rows], self.timestamps[rows])
+            if rows
+            else (np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.int64))
+        )
+        if user_id not in self.extra:
+            return base
+        return tuple(np.concatenate([old, new]) for old, new in zip(base, self.extra[user_id], strict=True))
+
+    def latest(self, user_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each rated movie once with its latest rating and time, most recent first."""
+        movies, ratings, timestamps = (column[::-1] for column in self.history_of(user_id))
+        _, first = np.unique(movies, return_index=True)
+        first.sort()
+        return movies[first], ratings[first], timestamps[first]
 
     def _slice(self, user_id: int) -> slice | None:
         i = int(np.searchsorted(self.user_ids, user_id))
@@ -29,20 +71,16 @@ class UserHistory:
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
 
     def knows(self, user_id: int) -> bool:
-        return self._slice(user_id) is not None
+        return self._slice(user_id) is not None or user_id in self.extra
 
     def rated(self, user_id: int) -> np.ndarray:
-        """Movies the user has rated (oldest first); empty for an unknown user."""
-        rows = self._slice(user_id)
-        return self.movie_ids[rows] if rows else np.empty(0, dtype=np.int64)
+        """Movies the user has rated (oldest first, with repeats if re-rated); empty for an unknown user."""
+        return self.history_of(user_id)[0]
 
     def liked(self, user_id: int, limit: int | None = None) -> np.ndarray:
-        """Movies the user liked (rating >= threshold), most recent first."""
-        rows = self._slice(user_id)
-        if rows is None:
-            return np.empty(0, dtype=np.int64)
-        movies, ratings = self.movie_ids[rows], self.ratings[rows]
-        liked = movies[ratings >= self.like_threshold][::-1]
+        """Movies the user liked (latest rating >= threshold), most recent first."""
+        movies, ratings, _ = self.latest(user_id)
+        liked = movies[ratings >= self.like_threshold]
         return liked[:limit] if limit is not None else liked
 
     @classmethod
@@ -55,6 +93,7 @@ class UserHistory:
             offsets=np.r_[starts, len(users)].astype(np.int64),
             movie_ids=ordered["movie_id"].to_numpy().astype(np.int64),
             ratings=ordered["rating"].to_numpy().astype(np.float32),
+            timestamps=ordered["event_timestamp"].dt.epoch("us").to_numpy().astype(np.int64),
             like_threshold=like_threshold,
         )
 

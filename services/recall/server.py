@@ -12,6 +12,7 @@ import polars as pl
 
 from services.common.catalog import Catalog
 from services.common.errors import InvalidArgument, check_id, check_ids, check_k
+from services.common.following import start_following
 from services.common.history import UserHistory
 from services.common.server import run_service
 from services.recall.logic import (
@@ -21,6 +22,7 @@ from services.recall.logic import (
     merge_channels,
     nearest_channel,
     popular_channel,
+    user_top_genres,
 )
 from services.recall.vector_index import VectorIndex, neighbour_table
 from starling.config import get_settings
@@ -31,6 +33,7 @@ log = logging.getLogger("starling.recall")
 
 MAX_RECALL = 2000
 RECENT_LIKES = 5
+RECENT_TASTE = 10  # the user's current taste: genres of their 10 most recent likes
 NEIGHBOURS = 50  # precomputed item-to-item neighbours per movie
 
 
@@ -126,6 +129,10 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
             scores=scores.tolist(),
             channels=names.tolist(),
             user_has_embedding=has_embedding,
+            user_top_genres=[
+                self.catalog.genre_names[g]
+                for g in user_top_genres(self.catalog, liked[:RECENT_TASTE]).tolist()
+            ],
         )
 
     async def SimilarMovies(
@@ -170,7 +177,9 @@ def main() -> None:
     settings = get_settings()
 
     async def register(server: grpc.aio.Server) -> list[str]:
-        recall_pb2_grpc.add_RecallServiceServicer_to_server(build_servicer(settings.workdir), server)
+        servicer = build_servicer(settings.workdir)
+        servicer.follower_task = start_following(settings.workdir, servicer.history, settings.event_poll_s)
+        recall_pb2_grpc.add_RecallServiceServicer_to_server(servicer, server)
         return [recall_pb2.DESCRIPTOR.services_by_name["RecallService"].full_name]
 
     run_service("recall", register, settings.recall_port)

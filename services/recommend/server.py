@@ -10,6 +10,7 @@ and named in ``degraded``:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -20,13 +21,18 @@ from typing import TypeVar
 
 import grpc
 import numpy as np
+import polars as pl
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 
 from services.common.catalog import Catalog
 from services.common.deadlines import downstream_timeout
 from services.common.errors import InvalidArgument, NotFound, check_id, check_k
+from services.common.following import apply_rating_events, start_following
+from services.common.history import UserHistory
 from services.common.observability import MODEL_INFO, STAGE_FALLBACKS, STAGE_LATENCY
 from services.common.server import run_service
+from services.recommend.catalog import CatalogServicer
+from services.recommend.feedback import FeedbackRecorder
 from services.recommend.logic import (
     Ranked,
     build_items,
@@ -36,9 +42,13 @@ from services.recommend.logic import (
     validate_recommend,
 )
 from starling.config import Settings, get_settings, stage_target
+from starling.events import RATING_STREAM, EventFollower
+from starling.featurestore import get_feature_store
 from starling.v1 import (
     candidates_pb2,
     candidates_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
     recall_pb2,
     recall_pb2_grpc,
     recommend_pb2,
@@ -80,9 +90,10 @@ async def _timed(stage: str, call: Awaitable[T]) -> T:
 
 
 class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
-    def __init__(self, catalog: Catalog, settings: Settings) -> None:
+    def __init__(self, catalog: Catalog, settings: Settings, feedback: FeedbackRecorder) -> None:
         self.catalog = catalog
         self.settings = settings
+        self.feedback = feedback
         self.popularity_order = np.lexsort((catalog.movie_ids, -catalog.rating_counts))
         options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
         self.candidates = candidates_pb2_grpc.CandidateServiceStub(
@@ -139,9 +150,11 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 ),
             )
             ranked.movie_ids = np.asarray(recalled.movie_ids, dtype=np.int64)
+            user_genres = list(recalled.user_top_genres)
             ranked.channels = np.asarray(recalled.channels, dtype=object)
         except StageFailed as exc:
             self._fallback(ranked, "recall", f"{exc}; served popular movies")
+            user_genres = []
             ranked.movie_ids, _ = popular_fallback(
                 self.catalog, self.popularity_order, excluded, req.genres, self.settings.recall_size
             )
@@ -175,6 +188,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                         scores=ranked.scores.tolist(),
                         channels=ranked.channels.tolist(),
                         time=request.context.time if request.context.HasField("time") else None,
+                        user_genres=user_genres,
                     ),
                     timeout=self._budget(context, "rerank"),
                 ),
@@ -226,6 +240,12 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             MODEL_INFO.labels(version).set(1)
         return scores, version, found
 
+    async def RecordFeedback(
+        self, request: recommend_pb2.RecordFeedbackRequest, context: grpc.aio.ServicerContext
+    ):
+        # Runs in a worker thread: it writes and fsyncs the event log and pushes to the online store.
+        return await asyncio.to_thread(self.feedback.record, request)
+
     async def SimilarItems(
         self, request: recommend_pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext
     ):
@@ -259,16 +279,46 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         )
 
 
-def build_servicer(workdir: Path) -> RecommendServicer:
-    return RecommendServicer(Catalog.from_workdir(workdir), get_settings())
+def build_servicers(workdir: Path) -> tuple[RecommendServicer, CatalogServicer]:
+    """The recommend and catalog servicers over one catalog and one user history (with feedback)."""
+    settings = get_settings()
+    movies = pl.read_parquet(workdir / "movies.parquet")
+    ratings = pl.read_parquet(
+        workdir / "ratings.parquet", columns=["user_id", "movie_id", "rating", "event_timestamp"]
+    )
+    catalog = Catalog.from_frames(movies, ratings)
+    history = UserHistory.from_frame(ratings, settings.like_threshold)
+    follower = EventFollower(workdir, RATING_STREAM)
+    events = follower.poll()  # feedback recorded before this start
+    if events is not None:
+        apply_rating_events(history, events)
+    recorder = FeedbackRecorder(
+        workdir,
+        catalog,
+        movies,
+        history,
+        get_feature_store(workdir, settings),
+        settings.max_feedback_future_s,
+        follower,
+    )
+    return RecommendServicer(catalog, settings, recorder), CatalogServicer(catalog, history)
 
 
 def main() -> None:
     settings = get_settings()
 
     async def register(server: grpc.aio.Server) -> list[str]:
-        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(build_servicer(settings.workdir), server)
-        return [recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name]
+        recommend, catalog = build_servicers(settings.workdir)
+        # feedback written by other replicas
+        recommend.follower_task = start_following(
+            settings.workdir, catalog.history, settings.event_poll_s, recommend.feedback.follower
+        )
+        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(recommend, server)
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(catalog, server)
+        return [
+            recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name,
+            catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+        ]
 
     run_service("recommend", register, settings.recommend_port)
 

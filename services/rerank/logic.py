@@ -36,10 +36,16 @@ class PopularityRule:
 
 
 @dataclass(frozen=True)
+class TasteRule:
+    weight: float = 0.1
+
+
+@dataclass(frozen=True)
 class RerankRules:
     diversity: DiversityRule = field(default_factory=DiversityRule)
     freshness: FreshnessRule = field(default_factory=FreshnessRule)
     popularity: PopularityRule = field(default_factory=PopularityRule)
+    taste: TasteRule = field(default_factory=TasteRule)
 
 
 def load_rules(path: Path = DEFAULT_RULES_PATH) -> RerankRules:
@@ -48,7 +54,12 @@ def load_rules(path: Path = DEFAULT_RULES_PATH) -> RerankRules:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise StarlingError(f"{path}: cannot read re-ranking rules: {exc}") from exc
-    sections = {"diversity": DiversityRule, "freshness": FreshnessRule, "popularity": PopularityRule}
+    sections = {
+        "diversity": DiversityRule,
+        "freshness": FreshnessRule,
+        "popularity": PopularityRule,
+        "taste": TasteRule,
+    }
     unknown = set(raw) - set(sections)
     if unknown:
         raise StarlingError(f"{path}: unknown section(s) {sorted(unknown)}; expected {sorted(sections)}")
@@ -81,6 +92,16 @@ def adjusted_scores(
     freshness = np.where(release_years > 0, freshness, 0.0)
     popularity = rules.popularity.weight * np.log1p(rating_counts) / np.log1p(max(max_rating_count, 1))
     return (scores.astype(np.float64) + freshness + popularity).astype(np.float32)
+
+
+def taste_bonus(genre_vectors: np.ndarray, user_genre_columns: np.ndarray, weight: float) -> np.ndarray:
+    """``weight`` x the affinity of each movie to the user's top genres: 1 for the first genre, halving for
+    each next one; a movie counts its best-matching genre. Real-time feedback moves the user's top genres
+    (recall reports those of the most recent likes), and with them this bonus."""
+    if len(user_genre_columns) == 0 or weight == 0:
+        return np.zeros(len(genre_vectors), dtype=np.float32)
+    affinity = 0.5 ** np.arange(len(user_genre_columns))  # 1, 1/2, 1/4, ...
+    return (weight * (genre_vectors[:, user_genre_columns] * affinity).max(axis=1)).astype(np.float32)
 
 
 def _order_by_score(scores: np.ndarray, movie_ids: np.ndarray) -> np.ndarray:
@@ -145,9 +166,12 @@ def rerank(
     current_year: int,
     max_rating_count: int,
     rules: RerankRules,
+    user_genre_columns: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the top ``k`` after adjustments and diversity, and their adjusted scores."""
     adjusted = adjusted_scores(scores, release_years, rating_counts, max_rating_count, current_year, rules)
+    if user_genre_columns is not None:
+        adjusted = adjusted + taste_bonus(genre_vectors, user_genre_columns, rules.taste.weight)
     method = rules.diversity.method
     if method == "genre_cap":
         order = genre_cap_order(adjusted, movie_ids, primary_genre, rules.diversity.max_per_genre)

@@ -37,6 +37,10 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
             raise InvalidArgument("scores must be finite numbers")
         now = request.time.ToDatetime(dt.UTC) if request.HasField("time") else dt.datetime.now(dt.UTC)
 
+        known_genres = [g for g in request.user_genres if g in self.catalog.genre_names]  # unknown: ignored
+        user_genre_columns = np.array(
+            [self.catalog.genre_names.index(g) for g in known_genres], dtype=np.int64
+        )
         pos = self.catalog.positions(movie_ids)
         known = pos >= 0
         safe = np.where(known, pos, 0)
@@ -51,6 +55,7 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
             current_year=now.year,
             max_rating_count=self.max_rating_count,
             rules=self.rules,
+            user_genre_columns=user_genre_columns,
         )
         channels = np.asarray(request.channels, dtype=object)
         return rerank_pb2.RerankResponse(

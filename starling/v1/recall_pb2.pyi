@@ -19,16 +19,18 @@ class RecallRequest(_message.Message):
     def __init__(self, user_id: _Optional[int] = ..., n: _Optional[int] = ..., excluded_movie_ids: _Optional[_Iterable[int]] = ..., genres: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecallResponse(_message.Message):
-    __slots__ = ("movie_ids", "scores", "channels", "user_has_embedding")
+    __slots__ = ("movie_ids", "scores", "channels", "user_has_embedding", "user_top_genres")
     MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     USER_HAS_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    USER_TOP_GENRES_FIELD_NUMBER: _ClassVar[int]
     movie_ids: _containers.RepeatedScalarFieldContainer[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     channels: _containers.RepeatedScalarFieldContainer[str]
     user_has_embedding: bool
-    def __init__(self, movie_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., channels: _Optional[_Iterable[str]] = ..., user_has_embedding: _Optional[bool] = ...) -> None: ...
+    user_top_genres: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, movie_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., channels: _Optional[_Iterable[str]] = ..., user_has_embedding: _Optional[bool] = ..., user_top_genres: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SimilarMoviesRequest(_message.Message):
     __slots__ = ("movie_id", "k")

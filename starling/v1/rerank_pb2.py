@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18starling/v1/rerank.proto\x12\x0bstarling.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x01\n\rRerankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x11\n\tmovie_ids\x18\x03 \x03(\x03\x12\x0e\n\x06scores\x18\x04 \x03(\x02\x12\x10\n\x08\x63hannels\x18\x05 \x03(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x0eRerankResponse\x12\x11\n\tmovie_ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x10\n\x08\x63hannels\x18\x03 \x03(\t2R\n\rRerankService\x12\x41\n\x06Rerank\x12\x1a.starling.v1.RerankRequest\x1a\x1b.starling.v1.RerankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18starling/v1/rerank.proto\x12\x0bstarling.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x01\n\rRerankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x11\n\tmovie_ids\x18\x03 \x03(\x03\x12\x0e\n\x06scores\x18\x04 \x03(\x02\x12\x10\n\x08\x63hannels\x18\x05 \x03(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0buser_genres\x18\x07 \x03(\t\"E\n\x0eRerankResponse\x12\x11\n\tmovie_ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x10\n\x08\x63hannels\x18\x03 \x03(\t2R\n\rRerankService\x12\x41\n\x06Rerank\x12\x1a.starling.v1.RerankRequest\x1a\x1b.starling.v1.RerankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'starling.v1.rerank_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RERANKREQUEST']._serialized_start=75
-  _globals['_RERANKREQUEST']._serialized_end=213
-  _globals['_RERANKRESPONSE']._serialized_start=215
-  _globals['_RERANKRESPONSE']._serialized_end=284
-  _globals['_RERANKSERVICE']._serialized_start=286
-  _globals['_RERANKSERVICE']._serialized_end=368
+  _globals['_RERANKREQUEST']._serialized_end=234
+  _globals['_RERANKRESPONSE']._serialized_start=236
+  _globals['_RERANKRESPONSE']._serialized_end=305
+  _globals['_RERANKSERVICE']._serialized_start=307
+  _globals['_RERANKSERVICE']._serialized_end=389
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,203 @@
+"""Real-time feedback: check events, drop duplicates, append to the durable event log, update the user's
+history and push the user's recomputed features to the Feast online store.
+
+Features are recomputed with the one feature definition (starling.features.build.compute_entity_features)
+over the user's ratings, each movie at its latest rating, so online values equal what the next
+`features build` computes. The user's embedding is the mean of their liked movies' embeddings, which recall
+derives from the same history, so the next Recommend reflects the feedback without retraining.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from services.common.catalog import Catalog
+from services.common.errors import InvalidArgument
+from services.common.history import UserHistory
+from starling import events
+from starling.features.build import compute_entity_features
+from starling.featurestore import USER_PUSH_SOURCE
+from starling.v1 import recommend_pb2
+
+MAX_EVENTS = 1000
+KIND_NAMES = {
+    recommend_pb2.FEEDBACK_KIND_RATING: "rating",
+    recommend_pb2.FEEDBACK_KIND_CLICK: "click",
+    recommend_pb2.FEEDBACK_KIND_WATCH: "watch",
+}
+_KIND_LOOKUP = np.array(["", "rating", "click", "watch"], dtype=object)  # indexed by FeedbackKind
+KEY = ["user_id", "movie_id", "event_timestamp"]
+
+
+@dataclass(frozen=True)
+class FeedbackBatch:
+    """Request events as columns."""
+
+    user_ids: np.ndarray
+    movie_ids: np.ndarray
+    kinds: np.ndarray  # int (FeedbackKind)
+    ratings: np.ndarray  # float32
+    times_us: np.ndarray  # int64; 0 = not given
+
+    @classmethod
+    def from_events(cls, events_: Sequence[recommend_pb2.FeedbackEvent]) -> FeedbackBatch:
+        if len(events_) > MAX_EVENTS:
+            raise InvalidArgument(f"events holds {len(events_)} events; at most {MAX_EVENTS} per call")
+        return cls(  # decoding protobuf messages needs one attribute read per event and field
+            user_ids=np.fromiter((e.user_id for e in events_), dtype=np.int64, count=len(events_)),
+            movie_ids=np.fromiter((e.movie_id for e in events_), dtype=np.int64, count=len(events_)),
+            kinds=np.fromiter((e.kind for e in events_), dtype=np.int64, count=len(events_)),
+            ratings=np.fromiter((e.rating for e in events_), dtype=np.float32, count=len(events_)),
+            times_us=np.fromiter(
+                (
+                    e.time.seconds * 1_000_000 + e.time.nanos // 1000 if e.HasField("time") else 0
+                    for e in events_
+                ),
+                dtype=np.int64,
+                count=len(events_),
+            ),
+        )
+
+
+def rejection_reasons(batch: FeedbackBatch, catalog: Catalog, now_us: int, max_future_us: int) -> np.ndarray:
+    """One reason per event ("" = acceptable); the first failed check wins."""
+    n = len(batch.user_ids)
+    reasons = np.full(n, "", dtype=object)
+
+    def reject(mask: np.ndarray, message: np.ndarray | str) -> None:
+        target = mask & (reasons == "")
+        reasons[target] = message[target] if isinstance(message, np.ndarray) else message
+
+    ids = lambda name, values: np.char.add(f"{name} ", values.astype(str)).astype(object)  # noqa: E731
+    reject(batch.user_ids < 0, ids("user_id must be >= 0, got", batch.user_ids))
+    reject(batch.movie_ids < 0, ids("movie_id must be >= 0, got", batch.movie_ids))
+    reject(
+        catalog.positions(batch.movie_ids) < 0,
+        np.char.add(ids("movie_id", batch.movie_ids).astype(str), " is not in the catalog").astype(object),
+    )
+    reject(~np.isin(batch.kinds, list(KIND_NAMES)), "kind must be FEEDBACK_KIND_RATING, _CLICK or _WATCH")
+    is_rating = batch.kinds == recommend_pb2.FEEDBACK_KIND_RATING
+    on_scale = (batch.ratings >= 0.5) & (batch.ratings <= 5.0) & (np.mod(batch.ratings * 2, 1) == 0)
+    reject(
+        is_rating & ~on_scale,
+        np.char.add(ids("rating", batch.ratings).astype(str), " outside 0.5..5 in steps of 0.5").astype(
+            object
+        ),
+    )
+    reject(
+        batch.times_us > now_us + max_future_us,
+        f"time is more than {max_future_us // 1_000_000} s in the future",
+    )
+    reject(batch.times_us < 0, "time is before 1970")
+    return reasons
+
+
+class FeedbackRecorder:
+    def __init__(
+        self,
+        workdir: Path,
+        catalog: Catalog,
+        movies: pl.DataFrame,
+        history: UserHistory,
+        store,
+        max_future_s: float,
+        follower: events.EventFollower,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.catalog = catalog
+        self.movies = movies
+        self.history = history
+        self.store = store
+        self.max_future_us = int(max_future_s * 1_000_000)
+        self.follower = follower
+        base = pl.read_parquet(self.workdir / "ratings.parquet", columns=KEY)
+        logged = events.read_all(self.workdir, events.RATING_STREAM).select(KEY)
+        self.known = pl.concat([base, logged]).unique()
+        self.lock = threading.Lock()
+
+    def record(self, request: recommend_pb2.RecordFeedbackRequest) -> recommend_pb2.RecordFeedbackResponse:
+        with self.lock:  # one batch at a time: duplicates are judged against everything recorded before
+            return self._record(request)
+
+    def _record(self, request: recommend_pb2.RecordFeedbackRequest) -> recommend_pb2.RecordFeedbackResponse:
+        batch = FeedbackBatch.from_events(request.events)
+        now_us = int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000)
+        reasons = rejection_reasons(batch, self.catalog, now_us, self.max_future_us)
+        accepted = reasons == ""
+        frame = pl.DataFrame(
+            {
+                "user_id": batch.user_ids,
+                "movie_id": batch.movie_ids,
+                "rating": np.where(batch.kinds == recommend_pb2.FEEDBACK_KIND_RATING, batch.ratings, np.nan),
+                "event_timestamp": np.where(batch.times_us > 0, batch.times_us, now_us),
+                "kind": _KIND_LOOKUP[np.where(np.isin(batch.kinds, list(KIND_NAMES)), batch.kinds, 0)],
+            }
+        ).with_columns(
+            pl.col("event_timestamp").cast(pl.Datetime("us", "UTC")),
+            pl.col("rating").cast(pl.Float32),
+            pl.int_range(pl.len()).alias("index"),
+        )
+        # duplicates: of what is known already, or of an earlier event in this batch
+        seen_before = frame.join(self.known, on=KEY, how="semi")["index"].to_numpy()
+        first_in_batch = (
+            frame.filter(pl.col("index").is_in(np.flatnonzero(accepted).tolist()))
+            .unique(KEY, keep="first", maintain_order=True)["index"]
+            .to_numpy()
+        )
+        duplicate = accepted & (
+            np.isin(np.arange(len(frame)), seen_before) | ~np.isin(np.arange(len(frame)), first_in_batch)
+        )
+        fresh = frame.filter(pl.Series(accepted & ~duplicate)).drop("index")
+        if fresh.height:
+            with self.follower.lock:
+                path = events.append(self.workdir, events.RATING_STREAM, fresh)  # durable before we reply
+                self.follower.mark_seen(path)
+            self.known = pl.concat([self.known, fresh.select(KEY)])
+            rated = fresh.filter(pl.col("kind") == "rating").sort("event_timestamp", maintain_order=True)
+            if rated.height:
+                self.history.add(
+                    rated["user_id"].to_numpy(),
+                    rated["movie_id"].to_numpy(),
+                    rated["rating"].to_numpy(),
+                    rated["event_timestamp"].dt.epoch("us").to_numpy(),
+                )
+                self.push_user_features(np.unique(rated["user_id"].to_numpy()))
+        results = [
+            recommend_pb2.FeedbackResult(accepted=bool(ok), duplicate=bool(dup), reason=str(reason))
+            for ok, dup, reason in zip(accepted.tolist(), duplicate.tolist(), reasons.tolist(), strict=True)
+        ]
+        return recommend_pb2.RecordFeedbackResponse(
+            results=results, accepted=int(accepted.sum()), rejected=int((~accepted).sum())
+        )
+
+    def user_ratings_frame(self, user_ids: np.ndarray) -> pl.DataFrame:
+        """The users' ratings, each movie once at its latest rating (input of the feature definition)."""
+        parts = [self.history.latest(int(user)) for user in user_ids.tolist()]  # one slice per user
+        return pl.DataFrame(
+            {
+                "user_id": np.repeat(user_ids, [len(p[0]) for p in parts]),
+                "movie_id": np.concatenate([p[0] for p in parts]),
+                "rating": np.concatenate([p[1] for p in parts]),
+                "event_timestamp": np.concatenate([p[2] for p in parts]),
+            }
+        ).with_columns(
+            pl.col("event_timestamp").cast(pl.Datetime("us", "UTC")), pl.col("rating").cast(pl.Float32)
+        )
+
+    def push_user_features(self, user_ids: np.ndarray) -> pl.DataFrame:
+        """Recompute the users' features from their full histories and push them to the online store."""
+        ratings = self.user_ratings_frame(user_ids)
+        movies = self.movies.join(ratings.select("movie_id").unique(), on="movie_id", how="semi")
+        users, _ = compute_entity_features(ratings, movies)
+        users = users.with_columns(
+            pl.lit(dt.datetime.now(dt.UTC)).dt.cast_time_unit("us").alias("event_timestamp")
+        )
+        self.store.push(USER_PUSH_SOURCE, users.to_pandas())
+        return users

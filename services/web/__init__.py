@@ -1,0 +1,1 @@
+"""The web front end: an HTTP/JSON gateway onto RecommendService and CatalogService, and the pages using it."""

@@ -1,0 +1,520 @@
+"""The web gateway and its pages.
+
+Without the stack: the gateway process itself (`python -m services.web.server`) answers malformed input with
+400s, an unreachable backend with 503, logs JSON and drains on SIGTERM.
+
+With the stack (`starling up` starts the gateway after recommend), headless Chromium driven over the Chrome
+DevTools Protocol: the user page lists recommendations, a click on a rating button records feedback and the
+lists change; the movie page shows details and similar movies; API errors show on the page. Plain HTTP for
+the JSON API's error mapping. The user page's screenshot is saved to docs/screenshot-user-page.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from starling.config import REPO_ROOT, Settings
+from starling.local import down, up
+
+SCREENSHOT = REPO_ROOT / "docs" / "screenshot-user-page.png"
+SAMPLE_USER = 1
+
+
+def wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Polls ``check`` until it returns something truthy; fails with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+
+
+# --- the gateway process on its own --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lone_gateway(free_port_factory: Callable[[], int], tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """The gateway process in front of a port where nothing listens."""
+    port, dead_port = free_port_factory(), free_port_factory()
+    log_path = tmp_path_factory.mktemp("web") / "web.log"
+    env = {
+        **os.environ,
+        "STARLING_WEB_PORT": str(port),
+        "STARLING_WEB_RECOMMEND_TARGET": f"127.0.0.1:{dead_port}",
+        "STARLING_WEB_TIMEOUT_S": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.web.server"], env=env, cwd=REPO_ROOT, stdout=log, stderr=log
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _healthy(base) or process.poll() is not None, 30, "the gateway to start")
+        assert process.poll() is None, log_path.read_text()
+        yield base, process, log_path, dead_port
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def free_port_factory() -> Callable[[], int]:
+    from conftest import _free_port
+
+    return _free_port
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+FEEDBACK = {"user_id": 1, "movie_id": 1, "rating": 4}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "message"),
+    [
+        ("GET", "/api/users/abc/recommendations", None, "user id must be a non-negative integer, got 'abc'"),
+        ("GET", "/api/users/-3/ratings", None, "user id must be a non-negative integer, got '-3'"),
+        (
+            "GET",
+            f"/api/users/{2**63}/ratings",
+            None,
+            f"user id must be a non-negative integer, got '{2**63}'",
+        ),
+        ("GET", "/api/movies/1.5", None, "movie id must be a non-negative integer, got '1.5'"),
+        ("GET", "/api/movies/x/similar", None, "movie id must be a non-negative integer, got 'x'"),
+        (
+            "GET",
+            "/api/users/1/recommendations?k=ten",
+            None,
+            "query parameter k must be an integer, got 'ten'",
+        ),
+        ("GET", "/api/users/1/recommendations?exclude=a", None, "exclude must be a non-negative integer"),
+        ("GET", "/api/users/1/ratings?limit=", None, "query parameter limit must be an integer, got ''"),
+        ("POST", "/api/feedback", b"{not json", "request body is not valid JSON"),
+        ("POST", "/api/feedback", [1, 2], "request body must be a JSON object, got list"),
+        ("POST", "/api/feedback", {**FEEDBACK, "rating": 7}, "rating must be a number from 0.5 to 5"),
+        ("POST", "/api/feedback", {**FEEDBACK, "rating": 0}, "in steps of 0.5, got 0"),
+        ("POST", "/api/feedback", {**FEEDBACK, "rating": 3.3}, "in steps of 0.5, got 3.3"),
+        ("POST", "/api/feedback", {**FEEDBACK, "rating": "5"}, 'in steps of 0.5, got "5"'),
+        ("POST", "/api/feedback", {**FEEDBACK, "rating": True}, "in steps of 0.5, got true"),
+        ("POST", "/api/feedback", {"user_id": 1, "movie_id": 1}, "in steps of 0.5, got null"),
+        (
+            "POST",
+            "/api/feedback",
+            {"user_id": 1, "rating": 4},
+            "movie_id must be a non-negative integer, got null",
+        ),
+        (
+            "POST",
+            "/api/feedback",
+            {**FEEDBACK, "user_id": -1},
+            "user_id must be a non-negative integer, got -1",
+        ),
+        (
+            "POST",
+            "/api/feedback",
+            {**FEEDBACK, "user_id": "1"},
+            'user_id must be a non-negative integer, got "1"',
+        ),
+        (
+            "POST",
+            "/api/feedback",
+            {**FEEDBACK, "kind": "like"},
+            "kind must be one of ['click', 'rating', 'watch']",
+        ),
+        ("POST", "/api/feedback", {**FEEDBACK, "kind": "click"}, "rating is only for kind 'rating'"),
+        ("POST", "/api/feedback", {**FEEDBACK, "stars": 4}, "unknown fields ['stars']"),
+    ],
+)
+def test_malformed_input_is_400_before_any_backend_call(lone_gateway, method, path, body, message) -> None:
+    base = lone_gateway[0]
+    content = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
+    response = httpx.request(method, base + path, content=content, timeout=5)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "BAD_REQUEST"
+    assert message in response.json()["error"]
+
+
+def test_unreachable_backend_is_503_and_pages_still_load(lone_gateway) -> None:
+    base, _, _, dead_port = lone_gateway
+    response = httpx.get(f"{base}/api/users/1/recommendations", timeout=5)
+    assert response.status_code == 503
+    assert response.json()["code"] == "UNAVAILABLE"
+    assert f"127.0.0.1:{dead_port}" in response.json()["error"]
+    page = httpx.get(f"{base}/users/1", timeout=5)
+    assert page.status_code == 200 and "Recommended for you" in page.text
+    missing = httpx.get(f"{base}/api/nothing/here", timeout=5)
+    assert missing.status_code == 404 and missing.json()["code"] == "NOT_FOUND"
+    metrics = httpx.get(f"{base}/metrics", timeout=5).text
+    assert (
+        'starling_http_responses_total{route="/api/users/{user_id}/recommendations",status="503"}' in metrics
+    )
+
+
+def test_json_logs_and_graceful_stop_on_sigterm(lone_gateway) -> None:
+    """Runs last among the lone-gateway tests: it stops the process."""
+    _, process, log_path, _ = lone_gateway
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 0
+    messages = [json.loads(line)["message"] for line in log_path.read_text().splitlines()]
+    assert messages[0] == "serving" and messages[-2:] == ["draining", "stopped"], messages
+
+
+# --- the real stack and a real browser -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(
+    ml_small_trained: Path, tmp_path_factory: pytest.TempPathFactory, free_port_factory: Callable[[], int]
+) -> Iterator[tuple[Settings, str]]:
+    from conftest import copy_workdir
+
+    workdir = copy_workdir(ml_small_trained, tmp_path_factory.mktemp("web_stack"))
+    names = ("recommend", "candidates", "recall", "rerank", "ranker_grpc", "ranker_http", "web")
+    ports = {f"{name}_port": free_port_factory() for name in names}
+    # Generous stage deadlines: these tests check behaviour on a shared, noisy machine, not speed.
+    deadlines = {f"{stage}_timeout_ms": 5000 for stage in ("candidates", "recall", "ranker", "rerank")}
+    settings = Settings(workdir=workdir, web_timeout_s=15, **deadlines, **ports)
+    started = up(workdir, timeout_s=240, settings=settings)
+    assert [p.name for p in started][-2:] == ["recommend", "web"]
+    try:
+        yield settings, f"http://127.0.0.1:{settings.web_port}"
+    finally:
+        down(workdir)
+
+
+class DevTools:
+    """Just enough of the Chrome DevTools Protocol: commands on one page target over its websocket."""
+
+    def __init__(self, socket: ClientConnection) -> None:
+        self.socket = socket
+        self.next_id = 0
+        self.exceptions: list[str] = []
+
+    def send(self, method: str, timeout_s: float = 30, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            message = json.loads(self.socket.recv(timeout=max(0.1, deadline - time.monotonic())))
+            if message.get("method") == "Runtime.exceptionThrown":
+                self.exceptions.append(json.dumps(message["params"]["exceptionDetails"])[:500])
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def open(self, url: str, timeout_s: float = 30) -> str:
+        """Navigates and waits until the page's script says ready or error; returns that state."""
+        self.evaluate("document.body && (document.body.dataset.state = 'left')")
+        self.send("Page.navigate", url=url)
+        return wait_until(
+            lambda: self.evaluate(
+                "['ready', 'error'].includes(document.body?.dataset.state) && document.body.dataset.state"
+            ),
+            timeout_s,
+            f"{url} to load",
+        )
+
+    def click(self, selector: str) -> None:
+        """A real mouse click in the middle of the element (scrolled into view first)."""
+        x, y = self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+            " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
+        self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+
+    def screenshot(self, width: int = 1280) -> bytes:
+        """The whole page as PNG, at ``width`` CSS pixels."""
+        self.evaluate("window.scrollTo(0, 0)")
+        height = self.evaluate("document.documentElement.scrollHeight")
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        try:
+            return base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"])
+        finally:
+            self.send("Emulation.clearDeviceMetricsOverride")
+
+
+def chromium_binary() -> str:
+    """Debian's chromium, installed with apt-get when missing (the test machines run as root)."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    if subprocess.run(install, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update"], capture_output=True, check=True)
+        subprocess.run(install, capture_output=True, check=True)
+    return shutil.which("chromium") or pytest.fail("apt-get installed chromium but it is not on PATH")
+
+
+@contextmanager
+def headless_chromium(profile: Path) -> Iterator[DevTools]:
+    """Chromium with a fresh profile in ``profile``, and DevTools on its first page."""
+    process = subprocess.Popen(
+        [
+            chromium_binary(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1280,900",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(profile / "chromium.log").open("wb"),
+    )
+    active_port = profile / "DevToolsActivePort"
+    try:
+        wait_until(lambda: active_port.is_file() and active_port.read_text().strip(), 60, "Chromium to start")
+        port = active_port.read_text().split()[0]
+        targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+        page = next(t for t in targets if t["type"] == "page")
+        with connect(page["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024, open_timeout=30) as socket:
+            devtools = DevTools(socket)
+            devtools.send("Runtime.enable")
+            devtools.send("Page.enable")
+            yield devtools
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
+    with headless_chromium(tmp_path_factory.mktemp("chromium")) as devtools:
+        yield devtools
+
+
+RECOMMENDED_CARDS = """[...document.querySelectorAll('#recommendations .card')].map(card => ({
+    movie_id: Number(card.dataset.movieId),
+    title: card.querySelector('h3').textContent,
+    channel: card.querySelector('.badge').textContent,
+    has_poster: card.querySelector('svg.poster text') !== null,
+    rating_buttons: card.querySelectorAll('.rate button').length,
+}))"""
+RATED_IDS = "[...document.querySelectorAll('#rated li[data-movie-id]')].map(li => Number(li.dataset.movieId))"
+REMOTE_RESOURCES = (
+    "performance.getEntriesByType('resource').map(e => e.name).filter(u => !u.startsWith(location.origin))"
+)
+
+
+@pytest.mark.slow
+def test_rating_on_the_user_page_changes_both_lists(stack, browser: DevTools, tmp_path: Path) -> None:
+    settings, base = stack
+    assert browser.open(f"{base}/users/{SAMPLE_USER}") == "ready"
+    cards = browser.evaluate(RECOMMENDED_CARDS)
+    api = httpx.get(f"{base}/api/users/{SAMPLE_USER}/recommendations?k=12", timeout=30).json()
+    assert [c["movie_id"] for c in cards] == [item["movie_id"] for item in api["items"]]
+    assert [c["title"] for c in cards] == [item["title"] for item in api["items"]]
+    assert all(c["has_poster"] and c["rating_buttons"] == 5 and c["channel"] for c in cards)
+    rated_before = browser.evaluate(RATED_IDS)
+    history = pl.read_parquet(settings.workdir / "ratings.parquet").filter(pl.col("user_id") == SAMPLE_USER)
+    rated_at = dict(zip(history["movie_id"], history["event_timestamp"], strict=True))
+    most_recent = history["event_timestamp"].sort(descending=True).head(len(rated_before)).to_list()
+    assert (
+        len(rated_before) == min(history.height, 12) and [rated_at[m] for m in rated_before] == most_recent
+    ), "the rated list shows the user's most recent ratings first"
+
+    target = cards[0]
+    browser.click(f'#recommendations .card[data-movie-id="{target["movie_id"]}"] button[data-rating="5"]')
+    wait_until(
+        lambda: (
+            browser.evaluate("document.body.dataset.state") == "ready"
+            and target["movie_id"] not in [c["movie_id"] for c in browser.evaluate(RECOMMENDED_CARDS)]
+            and browser.evaluate(RATED_IDS)[:1] == [target["movie_id"]]
+        ),
+        20,
+        f"movie {target['movie_id']} to move from the recommendations to the rated list",
+    )
+    assert browser.evaluate("document.querySelector('#rated li .stars').textContent").startswith("★★★★★")
+    assert (
+        browser.evaluate("document.getElementById('status').textContent") == f"Rated {target['title']}: 5 ★"
+    )
+    ratings = httpx.get(f"{base}/api/users/{SAMPLE_USER}/ratings?limit=1", timeout=30).json()["ratings"]
+    assert ratings[0]["movie"]["movie_id"] == target["movie_id"] and ratings[0]["rating"] == 5
+    assert browser.evaluate(REMOTE_RESOURCES) == [] and browser.exceptions == []
+
+    png = browser.screenshot()
+    (tmp_path / SCREENSHOT.name).write_bytes(png)
+    assert png.startswith(b"\x89PNG") and len(png) < 300_000, (
+        f"{len(png)} bytes: {tmp_path / SCREENSHOT.name}"
+    )
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    SCREENSHOT.write_bytes(png)
+
+
+@pytest.mark.slow
+def test_movie_page_shows_details_and_similar_movies(stack, browser: DevTools) -> None:
+    settings, base = stack
+    movies = pl.read_parquet(settings.workdir / "movies.parquet")
+    ratings = pl.read_parquet(settings.workdir / "ratings.parquet")
+    # The sample user's most-rated movie: never recommended to them, so the rating test cannot change it.
+    rated_by_user = ratings.filter(pl.col("user_id") == SAMPLE_USER)["movie_id"]
+    counts = ratings.filter(pl.col("movie_id").is_in(rated_by_user.implode())).group_by("movie_id").len()
+    movie_id = counts.sort(["len", "movie_id"], descending=[True, False])[0, "movie_id"]
+    movie = movies.filter(pl.col("movie_id") == movie_id).row(0, named=True)
+
+    assert browser.open(f"{base}/movies/{movie_id}?user={SAMPLE_USER}") == "ready"
+    assert browser.evaluate("document.getElementById('heading').textContent") == movie["title"]
+    details = browser.evaluate("document.querySelector('#details dl').innerText")
+    assert str(movie["release_year"]) in details and ", ".join(movie["genres"]) in details
+    assert f"from {ratings.filter(pl.col('movie_id') == movie_id).height} ratings" in details
+    similar = browser.evaluate(
+        "[...document.querySelectorAll('#similar .card')].map(c => Number(c.dataset.movieId))"
+    )
+    api = httpx.get(f"{base}/api/movies/{movie_id}/similar?k=12", timeout=30).json()
+    assert similar == [item["movie_id"] for item in api["items"]] and len(similar) == 12
+    assert movie_id not in similar
+    assert browser.evaluate("document.getElementById('back').getAttribute('href')") == f"/users/{SAMPLE_USER}"
+    assert browser.evaluate("document.querySelectorAll('#similar .rate').length") == 0
+    assert browser.exceptions == []
+
+
+@pytest.mark.slow
+def test_home_page_opens_the_user_page(stack, browser: DevTools) -> None:
+    _, base = stack
+    assert browser.open(f"{base}/") == "ready"
+    browser.click("#user-id")
+    browser.send("Input.insertText", text=str(SAMPLE_USER))
+    browser.click('form[data-go="/users/"] button')
+
+    def on_user_page() -> bool:
+        try:
+            return browser.evaluate("location.pathname + ' ' + document.body.dataset.state") == (
+                f"/users/{SAMPLE_USER} ready"
+            )
+        except RuntimeError:  # the old page went away during the evaluation
+            return False
+
+    wait_until(on_user_page, 30, "the user page to load")
+    assert len(browser.evaluate(RECOMMENDED_CARDS)) == 12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/users/abc", "user id must be a non-negative integer, got 'abc'"),
+        ("/movies/99999999", "movie_id 99999999 is not in the catalog"),
+    ],
+)
+def test_pages_show_api_errors(stack, browser: DevTools, path: str, message: str) -> None:
+    _, base = stack
+    assert browser.open(base + path) == "error"
+    assert message in browser.evaluate("document.getElementById('error').textContent")
+    assert browser.exceptions == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code", "message"),
+    [
+        (
+            "GET",
+            "/api/users/1/recommendations?k=0",
+            None,
+            400,
+            "INVALID_ARGUMENT",
+            "k must be between 1 and 500",
+        ),
+        (
+            "GET",
+            "/api/users/1/recommendations?genre=Space+Opera",
+            None,
+            400,
+            "INVALID_ARGUMENT",
+            "unknown genre",
+        ),
+        (
+            "GET",
+            "/api/users/1/ratings?limit=501",
+            None,
+            400,
+            "INVALID_ARGUMENT",
+            "limit must be between 1 and 500",
+        ),
+        ("GET", "/api/movies/99999999", None, 404, "NOT_FOUND", "movie_id 99999999 is not in the catalog"),
+        ("GET", "/api/movies/99999999/similar", None, 404, "NOT_FOUND", "99999999"),
+        (
+            "POST",
+            "/api/feedback",
+            {"user_id": 1, "movie_id": 99999999, "rating": 4},
+            400,
+            "REJECTED",
+            "feedback rejected: movie_id 99999999 is not in the catalog",
+        ),
+    ],
+)
+def test_service_errors_map_to_http(stack, method, path, body, status, code, message) -> None:
+    _, base = stack
+    response = httpx.request(method, base + path, json=body, timeout=30)
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code and message in response.json()["error"]
+
+
+@pytest.mark.slow
+def test_api_round_trip(stack) -> None:
+    settings, base = stack
+    reply = httpx.get(f"{base}/api/users/{SAMPLE_USER}/recommendations?k=5&genre=Comedy", timeout=30).json()
+    assert len(reply["items"]) == 5 and reply["model_version"] and reply["degraded"] == []
+    assert all("Comedy" in item["genres"] and item["title"] for item in reply["items"])
+    movies = pl.read_parquet(settings.workdir / "movies.parquet")
+    movie_id = int(movies["movie_id"][0])
+    movie = httpx.get(f"{base}/api/movies/{movie_id}", timeout=30).json()
+    expected = movies.row(0, named=True)
+    assert (movie["title"], movie["release_year"], movie["genres"]) == (
+        expected["title"],
+        expected["release_year"],
+        expected["genres"],
+    )
+    assert httpx.get(f"{base}/healthz", timeout=5).json()["status"] == "ok"
