@@ -538,3 +538,39 @@ def _brute_force(probe: pl.DataFrame, ratings: pl.DataFrame, movies: pl.DataFram
     connection.register("ratings", ratings.to_arrow())
     connection.register("movies", movies.to_arrow())
     return connection.sql(BRUTE_FORCE_SQL).pl()
+
+
+def test_feedback_from_the_event_log_joins_the_next_build(tmp_path: Path) -> None:
+    """Ratings recorded online (starling/events.py) are training data for the next `features build`;
+    a movie rated again counts with its latest rating."""
+    from datetime import UTC, datetime
+
+    from starling.data.ingest import ingest
+    from starling.events import RATING_STREAM, append
+    from starling.features.build import SplitConfig, build_features
+
+    ingest("synthetic:3000", tmp_path)
+    ratings = pl.read_parquet(tmp_path / "ratings.parquet")
+    first = ratings.row(0, named=True)
+    rated = ratings.filter(pl.col("user_id") == first["user_id"])["movie_id"]
+    new_movie = int(ratings.filter(~pl.col("movie_id").is_in(rated.implode()))["movie_id"][0])
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    append(
+        tmp_path,
+        RATING_STREAM,
+        pl.DataFrame(
+            {
+                "user_id": [first["user_id"], first["user_id"], 7],
+                "movie_id": [first["movie_id"], new_movie, new_movie],
+                "rating": [1.0, 4.5, None],
+                "event_timestamp": [when, when, when],
+                "kind": ["rating", "rating", "click"],  # clicks are not ratings
+            }
+        ),
+    )
+    build_features(tmp_path, SplitConfig())
+    samples = pl.read_parquet(tmp_path / "features" / "samples.parquet")
+    assert samples.height == ratings.height + 1  # one re-rating (replaces), one new rating, the click ignored
+    mine = samples.filter(pl.col("user_id") == first["user_id"])
+    assert mine.filter(pl.col("movie_id") == first["movie_id"])["rating"].to_list() == [1.0]
+    assert mine.filter(pl.col("movie_id") == new_movie)["rating"].to_list() == [4.5]

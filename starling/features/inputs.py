@@ -40,8 +40,30 @@ def load_inputs(workdir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
             raise InputError(f"{path}: not a readable parquet file ({exc})") from exc
     ratings, movies = frames
     movies = check_movies(movies, str(workdir / MOVIES_FILE))
+    ratings = with_feedback(ratings, workdir)
     ratings = check_ratings(ratings, str(workdir / RATINGS_FILE), movies)
     return ratings, movies
+
+
+def with_feedback(ratings: pl.DataFrame, workdir: Path) -> pl.DataFrame:
+    """Ratings plus the explicit ratings recorded online (WORKDIR/events/ratings, see starling/events.py).
+
+    A user who rated a movie again counts with the latest rating, as online serving does.
+    """
+    from starling.events import RATING_STREAM, read_all
+
+    feedback = read_all(workdir, RATING_STREAM).filter(pl.col("kind") == "rating")
+    if feedback.height == 0:
+        return ratings
+    columns = ["user_id", "movie_id", "rating", "event_timestamp"]
+    merged = pl.concat(
+        [ratings.select(columns), feedback.select(columns).cast(ratings.select(columns).schema)]
+    )
+    return (
+        merged.sort("event_timestamp", maintain_order=True)
+        .unique(["user_id", "movie_id"], keep="last", maintain_order=True)
+        .sort(["event_timestamp", "user_id", "movie_id"])
+    )
 
 
 def _require_columns(df: pl.DataFrame, where: str, expected: dict[str, str]) -> None:
