@@ -155,3 +155,26 @@ def test_vector_index_reuses_complete_collection_and_drops_old_versions(tmp_path
     found, scores = second.search(vectors[2], limit=2)
     assert found[0, 0] == 2 and scores[0, 0] == pytest.approx(1.0)
     first.close()
+
+
+def test_recall_takes_a_new_movie_with_the_mean_vector_of_its_genre(tmp_path: Path) -> None:
+    catalog, history = _catalog_and_history()
+    vectors = np.where((catalog.movie_ids % 3 == 1)[:, None], [1.0, 0.0], [0.0, 1.0]).astype(np.float32)
+    index = VectorIndex(str(tmp_path / "milvus.db"), "item2vec", "v1")
+    index.sync(catalog.movie_ids, vectors)
+    servicer = RecallServicer(catalog, history, index, vectors)
+    new = pl.DataFrame(
+        {"movie_id": [100], "title": ["New Comedy"], "release_year": [2026], "genres": [["Comedy"]]}
+    )
+    servicer.apply_movies(new)
+    row = int(servicer.catalog.positions([100])[0])
+    comedy = servicer.catalog.genre_mask(("Comedy",)) & (servicer.catalog.movie_ids != 100)
+    np.testing.assert_allclose(servicer.item_vectors[row], vectors[comedy[:-1]].mean(axis=0))
+    found, _ = index.search(servicer.item_vectors[row], limit=20)
+    assert 100 in found[0], "the new movie is in Milvus at once"
+    neighbours, _ = servicer._neighbour_rows(np.array([row]))
+    assert set(servicer.catalog.movie_ids[neighbours[0][neighbours[0] >= 0]][:3]) <= {1, 4, 7, 10}
+    assert servicer.catalog.titles[row] == "New Comedy" and len(servicer.item_vectors) == len(
+        servicer.catalog
+    )
+    index.close()

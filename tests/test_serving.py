@@ -269,6 +269,99 @@ def test_catalog_lookups(stack) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_new_user_starts_cold_then_the_embedding_path_takes_over(stack) -> None:
+    _, stub = stack
+    user = 20_000_001
+    cold = stub.Recommend(_request(user, 10, genres=["Animation"]), timeout=10)
+    assert {item.channel for item in cold.items} == {"cold_start"}
+    assert all("Animation" in item.genres for item in cold.items), "shaped by the context's genres"
+    diverse = stub.Recommend(_request(user, 20), timeout=10)
+    assert len({g for item in diverse.items for g in item.genres}) >= 6, "popular and diversified"
+
+    liked = [1, 2355, 3114]  # Toy Story, A Bug's Life, Toy Story 2
+    reply = stub.RecordFeedback(
+        recommend_pb2.RecordFeedbackRequest(events=[_rating(user, m, 5.0) for m in liked]), timeout=10
+    )
+    assert reply.accepted == 3
+    deadline = time.monotonic() + 1.0
+    while True:
+        warm = stub.Recommend(_request(user, 20), timeout=10)
+        channels = {item.channel for item in warm.items}
+        if (
+            channels & {"embedding", "item2item"} and "cold_start" not in channels
+        ) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert channels & {"embedding", "item2item"}, channels
+    assert "cold_start" not in channels and not set(liked) & {item.movie_id for item in warm.items}
+
+
+def test_new_movie_is_served_at_once(stack) -> None:
+    """UpsertMovie: the catalog, the online features, the candidate pool, recall (with a cold-start vector
+    in Milvus), the ranker and rerank all know the new movie right away."""
+    settings, stub = stack
+    import polars as pl
+
+    from starling.featurestore import read_online_features
+    from starling.v1 import candidates_pb2, candidates_pb2_grpc, recall_pb2, recall_pb2_grpc
+
+    catalog = _catalog_stub(settings)
+    movie = catalog_pb2.Movie(title="Starling Night", release_year=2026, genres=["Horror", "Thriller"])
+    reply = catalog.UpsertMovie(catalog_pb2.UpsertMovieRequest(movie=movie), timeout=10)
+    assert reply.created and reply.movie.title == "Starling Night" and reply.movie.rating_count == 0
+    new_id = reply.movie.movie_id
+    movies = pl.read_parquet(settings.workdir / "movies.parquet")
+    assert new_id == movies["movie_id"].max() + 1
+    assert catalog.GetMovie(catalog_pb2.GetMovieRequest(movie_id=new_id), timeout=10).genres == [
+        "Horror",
+        "Thriller",
+    ]
+    online = read_online_features(settings.workdir, user_ids=[], movie_ids=[new_id])["movies"][0]
+    assert online["found"] and online["movie_genre1"] == "Horror" and online["movie_release_year"] == 2026
+
+    others = movies.filter(pl.col("genres").list.contains("Horror"))["movie_id"].to_list()
+    deadline = time.monotonic() + 2.0
+    while True:
+        pool = candidates_pb2_grpc.CandidateServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{settings.candidates_port}")
+        ).GetCandidates(
+            candidates_pb2.GetCandidatesRequest(
+                user_id=1, context=common_pb2.RecommendContext(genres=["Horror"], exclude_movie_ids=others)
+            ),
+            timeout=10,
+        )
+        recall = recall_pb2_grpc.RecallServiceStub(grpc.insecure_channel(f"127.0.0.1:{settings.recall_port}"))
+        similar = recall.SimilarMovies(recall_pb2.SimilarMoviesRequest(movie_id=new_id, k=5), timeout=10)
+        if (pool.pool_size == 1 and similar.found and len(similar.movie_ids)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert pool.pool_size == 1, "candidates: the new movie is the only Horror movie left"
+    assert similar.found and len(similar.movie_ids) == 5, "recall: the new movie has a vector and neighbours"
+    assert new_id not in similar.movie_ids
+
+    response = stub.Recommend(_request(1, 5, genres=["Horror"], exclude_movie_ids=others), timeout=10)
+    assert [item.movie_id for item in response.items] == [new_id] and not response.degraded, response
+    assert response.items[0].title == "Starling Night" and response.items[0].score > 0
+
+    update = catalog.UpsertMovie(
+        catalog_pb2.UpsertMovieRequest(
+            movie=catalog_pb2.Movie(
+                movie_id=new_id, title="Starling Night (Director's Cut)", release_year=2026, genres=["Horror"]
+            )
+        )
+    )
+    assert not update.created and update.movie.title.endswith("(Director's Cut)")
+    for bad, message in [
+        (catalog_pb2.Movie(title="X", genres=["Space Opera"]), "movie.genres"),
+        (catalog_pb2.Movie(title="  ", genres=["Horror"]), "movie.title"),
+        (catalog_pb2.Movie(title="X", release_year=1700), "release_year 1700"),
+        (catalog_pb2.Movie(movie_id=-4, title="X"), "movie_id must be >= 0"),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            catalog.UpsertMovie(catalog_pb2.UpsertMovieRequest(movie=bad), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+
+
 def _kill(workdir: Path, name: str) -> None:
     """SIGKILL one service (no drain: as if its pod died) and wait until it is gone."""
     process = next(p for p in read_state(workdir) if p.name == name)

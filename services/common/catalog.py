@@ -5,7 +5,7 @@ Lookups are vectorized: ids map to row positions with ``np.searchsorted`` over t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ class Catalog:
     primary_genre: np.ndarray  # int32 index into genre_names, -1 = none
     rating_counts: np.ndarray  # int64: ratings seen in the data (popularity)
     avg_ratings: np.ndarray  # float32: mean rating in the data, NaN when unrated
+    frame: pl.DataFrame  # movie_id, title, release_year, genres: the source rows, sorted by movie_id
 
     def __len__(self) -> int:
         return len(self.movie_ids)
@@ -49,10 +50,34 @@ class Catalog:
     def genres_of(self, position: int) -> list[str]:
         return [self.genre_names[g] for g in np.flatnonzero(self.genre_matrix[position])]
 
+    def upserted(self, movies: pl.DataFrame) -> Catalog:
+        """A new catalog with ``movies`` (movie_id, title, release_year, genres) added or replaced.
+
+        Genres must be among this catalog's genres; rating statistics of existing movies are kept.
+        """
+        movies = movies.select(self.frame.columns).cast(self.frame.schema)
+        movies = movies.unique("movie_id", keep="last", maintain_order=True)
+        kept = self.frame.filter(~pl.col("movie_id").is_in(movies["movie_id"].implode()))
+        built = Catalog.from_frames(pl.concat([kept, movies]), genre_names=self.genre_names)
+        old = self.positions(built.movie_ids)
+        found = old >= 0
+        safe = np.where(found, old, 0)
+        return replace(
+            built,
+            rating_counts=np.where(found, self.rating_counts[safe], 0).astype(np.int64),
+            avg_ratings=np.where(found, self.avg_ratings[safe], np.nan).astype(np.float32),
+        )
+
     @classmethod
-    def from_frames(cls, movies: pl.DataFrame, ratings: pl.DataFrame | None = None) -> Catalog:
-        movies = movies.sort("movie_id")
-        genre_names = tuple(sorted(movies["genres"].explode().drop_nulls().unique().to_list()))
+    def from_frames(
+        cls,
+        movies: pl.DataFrame,
+        ratings: pl.DataFrame | None = None,
+        genre_names: tuple[str, ...] | None = None,
+    ) -> Catalog:
+        movies = movies.select("movie_id", "title", "release_year", "genres").sort("movie_id")
+        if genre_names is None:
+            genre_names = tuple(sorted(movies["genres"].explode().drop_nulls().unique().to_list()))
         exploded = movies.select(pl.int_range(pl.len()).alias("row"), "genres").explode("genres").drop_nulls()
         matrix = np.zeros((movies.height, len(genre_names)), dtype=bool)
         genre_index = {name: i for i, name in enumerate(genre_names)}
@@ -82,6 +107,7 @@ class Catalog:
             primary_genre=first.fill_null(-1).to_numpy().astype(np.int32),
             rating_counts=counts,
             avg_ratings=averages,
+            frame=movies,
         )
 
     @classmethod

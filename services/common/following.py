@@ -1,9 +1,11 @@
-"""Keep a service's in-memory user histories current by following the feedback event log."""
+"""Keep a service's in-memory state current by following the event log (starling/events.py):
+rating feedback into user histories, catalog upserts into the catalog."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -27,23 +29,31 @@ def apply_rating_events(history: UserHistory, events: pl.DataFrame) -> int:
     return ratings.height
 
 
-async def follow_ratings(
-    workdir: Path, history: UserHistory, interval_s: float, follower: EventFollower | None = None
-) -> None:
-    """Forever: every ``interval_s``, apply rating events that appeared in the log (all of them at first)."""
-    follower = follower or EventFollower(workdir, RATING_STREAM)
+async def follow(follower: EventFollower, apply: Callable[[pl.DataFrame], object], interval_s: float) -> None:
+    """Forever: every ``interval_s``, hand the stream's new events (all of them at first) to ``apply``."""
     while True:
         try:
             events = await asyncio.to_thread(follower.poll)
             if events is not None:
-                log.info("applied feedback", extra={"ratings": apply_rating_events(history, events)})
+                apply(events)
+                log.info("applied events", extra={"stream": follower.stream, "events": events.height})
         except Exception:  # a bad file must not stop the follower; it is logged and skipped
-            log.exception("could not apply feedback events")
+            log.exception("could not apply events", extra={"stream": follower.stream})
         await asyncio.sleep(interval_s)
 
 
 def start_following(
     workdir: Path, history: UserHistory, interval_s: float, follower: EventFollower | None = None
 ) -> asyncio.Task:
-    """Start :func:`follow_ratings` on the running loop (keep the returned task referenced)."""
-    return asyncio.get_running_loop().create_task(follow_ratings(workdir, history, interval_s, follower))
+    """Follow rating feedback into ``history`` on the running loop (keep the returned task referenced)."""
+    follower = follower or EventFollower(workdir, RATING_STREAM)
+    return asyncio.get_running_loop().create_task(
+        follow(follower, lambda events: apply_rating_events(history, events), interval_s)
+    )
+
+
+def start_following_stream(
+    follower: EventFollower, apply: Callable[[pl.DataFrame], object], interval_s: float
+) -> asyncio.Task:
+    """Follow any stream with ``apply`` on the running loop (keep the returned task referenced)."""
+    return asyncio.get_running_loop().create_task(follow(follower, apply, interval_s))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,9 @@ from kserve.errors import InvalidInput
 
 from services.common.observability import FEATURE_FRESHNESS, MODEL_INFO
 from services.ranker.encoding import ServingEncoder, blank_user, user_columns
+from starling import events
 from starling.config import Settings, get_settings
+from starling.events import MOVIE_STREAM, EventFollower
 from starling.features.spec import MOVIE_FEATURE_COLUMNS, USER_FEATURE_COLUMNS
 from starling.featurestore import MOVIE_VIEW, USER_VIEW, get_feature_store, registry_path
 from training.artifacts import Artifact, load_artifact, resolve_artifact
@@ -52,6 +54,7 @@ class RankerState:
     encoder: ServingEncoder
     artifact_path: Path
     registry_mtime: float
+    movie_frame: pl.DataFrame  # movie_id + MOVIE_FEATURE_COLUMNS as read from the online store
 
 
 class RankerModel(Model):
@@ -76,9 +79,10 @@ class RankerModel(Model):
         model = artifact.model().to(self.device).eval()
         registry = registry_path(self.workdir, self.settings)
         self._store = get_feature_store(self.workdir, self.settings)
-        movie_ids = pl.read_parquet(self.workdir / "movies.parquet", columns=["movie_id"])[
-            "movie_id"
-        ].to_numpy()
+        self._movie_events = EventFollower(self.workdir, MOVIE_STREAM, start_at_end=True)
+        catalog_ids = pl.read_parquet(self.workdir / "movies.parquet", columns=["movie_id"])["movie_id"]
+        added_ids = events.read_all(self.workdir, MOVIE_STREAM)["movie_id"]  # movies upserted while serving
+        movie_ids = pl.concat([catalog_ids, added_ids]).unique().sort().to_numpy()
         movies = self._online_frame(MOVIE_VIEW, "movie_id", movie_ids, MOVIE_FEATURE_COLUMNS)
         encoder = ServingEncoder(artifact.spec, movies)
         self._warm_up(model, encoder, movie_ids[: self.settings.recall_size])
@@ -87,7 +91,16 @@ class RankerModel(Model):
             "ranker state built",
             extra={"version": artifact.version, "movies": len(movie_ids), "device": str(self.device)},
         )
-        return RankerState(artifact, model, encoder, artifact_path, mtime)
+        return RankerState(artifact, model, encoder, artifact_path, mtime, movies)
+
+    def refresh_movies(self, movie_ids: np.ndarray) -> None:
+        """Re-read these movies' online features (new or changed movies) and swap in a re-encoded cache."""
+        state = self.state
+        fresh = self._online_frame(MOVIE_VIEW, "movie_id", np.unique(movie_ids), MOVIE_FEATURE_COLUMNS)
+        frame = pl.concat(
+            [state.movie_frame.filter(~pl.col("movie_id").is_in(fresh["movie_id"].implode())), fresh]
+        )
+        self._install(replace(state, encoder=ServingEncoder(state.artifact.spec, frame), movie_frame=frame))
 
     def user_features(self, user_id: int) -> tuple[dict[str, object], bool]:
         """One user's online features as plain values (None = null), and whether the store knows the user."""
@@ -140,6 +153,10 @@ class RankerModel(Model):
             try:
                 if self.reload_if_changed():
                     log.info("reloaded", extra={"version": self.state.artifact.version})
+                upserted = self._movie_events.poll()
+                if upserted is not None:
+                    self.refresh_movies(upserted["movie_id"].to_numpy())
+                    log.info("movies refreshed", extra={"movies": upserted.height})
             except Exception:
                 log.exception("reload failed; still serving the previous model")
 

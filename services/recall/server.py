@@ -12,7 +12,7 @@ import polars as pl
 
 from services.common.catalog import Catalog
 from services.common.errors import InvalidArgument, check_id, check_ids, check_k
-from services.common.following import start_following
+from services.common.following import start_following, start_following_stream
 from services.common.history import UserHistory
 from services.common.server import run_service
 from services.recall.logic import (
@@ -27,6 +27,7 @@ from services.recall.logic import (
 from services.recall.vector_index import VectorIndex, neighbour_table
 from starling.config import get_settings
 from starling.errors import StarlingError
+from starling.events import MOVIE_STREAM, EventFollower
 from starling.v1 import recall_pb2, recall_pb2_grpc
 
 log = logging.getLogger("starling.recall")
@@ -69,7 +70,7 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         self.item_vectors = item_vectors
         self.quotas = quotas
         self.popularity_order = np.lexsort((catalog.movie_ids, -catalog.rating_counts))
-        # Item-to-item neighbours of every catalog movie (catalog rows, -1 = none), precomputed from the index.
+        # Item-to-item neighbours of every catalog movie (movie ids, -1 = none), precomputed from the index.
         self.neighbours = np.full((len(catalog), NEIGHBOURS), -1, dtype=np.int64)
         self.neighbour_scores = np.full((len(catalog), NEIGHBOURS), -np.inf, dtype=np.float32)
         has_vector = np.flatnonzero(np.any(item_vectors != 0, axis=1)) if item_vectors is not None else []
@@ -77,8 +78,44 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
             ids, scores = neighbour_table(
                 index, catalog.movie_ids[has_vector], item_vectors[has_vector], NEIGHBOURS
             )
-            self.neighbours[has_vector] = catalog.positions(ids.ravel()).reshape(ids.shape)
-            self.neighbour_scores[has_vector] = scores
+            self.neighbours[has_vector], self.neighbour_scores[has_vector] = ids, scores
+
+    def _neighbour_rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbours of the movies at ``positions`` as catalog rows (-1 = none) and their scores."""
+        ids = self.neighbours[positions]
+        return self.catalog.positions(ids.ravel()).reshape(ids.shape), self.neighbour_scores[positions]
+
+    def apply_movies(self, movies: pl.DataFrame) -> None:
+        """Catalog upserts from the event log: new movies get a vector at once, are in Milvus and can be
+        recalled right away. A new movie's vector is the mean of the vectors of movies with all its genres
+        (of movies sharing any of its genres when none has all), the design's cold-start rule."""
+        old = self.catalog
+        catalog = old.upserted(movies)
+        before = old.positions(catalog.movie_ids)
+        found = before >= 0
+        safe = np.where(found, before, 0)
+        vectors = np.where(found[:, None], self.item_vectors[safe], 0.0).astype(np.float32)
+        neighbours = np.where(found[:, None], self.neighbours[safe], -1)
+        neighbour_scores = np.where(found[:, None], self.neighbour_scores[safe], -np.inf).astype(np.float32)
+        new_rows = catalog.positions(movies["movie_id"].unique().to_numpy())
+        new_rows = new_rows[~np.any(vectors[new_rows] != 0, axis=1)]
+        has_vector = np.any(vectors != 0, axis=1)
+        for row in new_rows.tolist():  # one per new movie in the batch (a handful)
+            genres = catalog.genre_matrix[row]
+            if not genres.any():
+                continue
+            with_all = has_vector & catalog.genre_matrix[:, genres].all(axis=1)
+            donors = with_all if with_all.any() else has_vector & catalog.genre_matrix[:, genres].any(axis=1)
+            if donors.any():
+                vectors[row] = vectors[donors].mean(axis=0)
+        added = new_rows[np.any(vectors[new_rows] != 0, axis=1)]
+        if self.index is not None and len(added):
+            self.index.upsert(catalog.movie_ids[added], vectors[added])
+            ids, scores = neighbour_table(self.index, catalog.movie_ids[added], vectors[added], NEIGHBOURS)
+            neighbours[added], neighbour_scores[added] = ids, scores
+        self.item_vectors, self.neighbours, self.neighbour_scores = vectors, neighbours, neighbour_scores
+        self.popularity_order = np.lexsort((catalog.movie_ids, -catalog.rating_counts))
+        self.catalog = catalog
 
     async def _nearest(
         self, queries: np.ndarray, limit: int, timeout: float | None
@@ -115,8 +152,7 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
             channels.append(
                 nearest_channel(
                     "item2item",
-                    self.neighbours[recent],
-                    self.neighbour_scores[recent],
+                    *self._neighbour_rows(recent),
                     eligible,
                     self.quotas["item2item"] + n // 2,
                 )
@@ -147,7 +183,7 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         eligible[pos] = False
         if self.index is not None and np.any(self.item_vectors[pos]):
             if k <= NEIGHBOURS:
-                rows, scores = self.neighbours[pos], self.neighbour_scores[pos]
+                rows, scores = self._neighbour_rows(np.array([pos]))
             else:
                 rows, scores = await self._nearest(self.item_vectors[pos], k + 1, context.time_remaining())
             result = nearest_channel("embedding", rows, scores, eligible, k)
@@ -179,6 +215,9 @@ def main() -> None:
     async def register(server: grpc.aio.Server) -> list[str]:
         servicer = build_servicer(settings.workdir)
         servicer.follower_task = start_following(settings.workdir, servicer.history, settings.event_poll_s)
+        servicer.catalog_task = start_following_stream(
+            EventFollower(settings.workdir, MOVIE_STREAM), servicer.apply_movies, settings.event_poll_s
+        )
         recall_pb2_grpc.add_RecallServiceServicer_to_server(servicer, server)
         return [recall_pb2.DESCRIPTOR.services_by_name["RecallService"].full_name]
 

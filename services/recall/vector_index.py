@@ -57,6 +57,12 @@ class VectorIndex:
         self._drop_other_versions()
         log.info("indexed vectors", extra={"collection": self.name, "rows": len(movie_ids)})
 
+    def upsert(self, movie_ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add or replace vectors (new movies at serving time); searchable at once."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        rows = [{"movie_id": int(i), "vector": v} for i, v in zip(movie_ids.tolist(), vectors, strict=True)]
+        self.client.upsert(self.name, rows)
+
     def _drop_other_versions(self) -> None:
         prefix = collection_name(self.method, "")
         for other in self.client.list_collections():

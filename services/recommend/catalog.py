@@ -1,15 +1,33 @@
-"""CatalogService (served by the recommend process): movie details and users' ratings."""
+"""CatalogService (served by the recommend process): movie details, users' ratings, and new movies.
+
+UpsertMovie writes the movie's features to the online store, appends it durably to the catalog event log
+(WORKDIR/events/movies) and updates this process's catalog; candidates, recall (vector + Milvus), rerank
+and the ranker follow the log, so a new movie can be recalled and ranked right away.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import grpc
+import numpy as np
+import polars as pl
 
 from services.common.catalog import Catalog
-from services.common.errors import NotFound, Unimplemented, check_id, check_k
+from services.common.errors import InvalidArgument, NotFound, check_id, check_k
 from services.common.history import UserHistory
+from starling import events
+from starling.features.spec import MOVIE_GENRE_FIELDS
+from starling.featurestore import MOVIE_VIEW
 from starling.v1 import catalog_pb2, catalog_pb2_grpc
+
+MAX_TITLE = 500
+MAX_GENRES = 10
+FIRST_YEAR = 1870
 
 
 def movie_message(catalog: Catalog, position: int) -> catalog_pb2.Movie:
@@ -24,10 +42,60 @@ def movie_message(catalog: Catalog, position: int) -> catalog_pb2.Movie:
     )
 
 
+def checked_movie(movie: catalog_pb2.Movie, catalog: Catalog, this_year: int) -> pl.DataFrame:
+    """The upsert as a one-row catalog frame; InvalidArgument says what is wrong."""
+    check_id(movie.movie_id, "movie.movie_id")
+    title = movie.title.strip()
+    if not title or len(title) > MAX_TITLE:
+        raise InvalidArgument(f"movie.title must be 1..{MAX_TITLE} characters, got {len(title)}")
+    if movie.release_year and not FIRST_YEAR <= movie.release_year <= this_year + 5:
+        raise InvalidArgument(
+            f"movie.release_year {movie.release_year} outside {FIRST_YEAR}..{this_year + 5} (0 = unknown)"
+        )
+    genres = list(dict.fromkeys(movie.genres))
+    unknown = sorted(set(genres) - set(catalog.genre_names))
+    if unknown or len(genres) > MAX_GENRES:
+        raise InvalidArgument(
+            f"movie.genres {unknown or genres}: at most {MAX_GENRES} of {', '.join(catalog.genre_names)}"
+        )
+    movie_id = movie.movie_id or int(catalog.movie_ids.max(initial=0)) + 1
+    return pl.DataFrame(
+        {
+            "movie_id": [movie_id],
+            "title": [title],
+            "release_year": [movie.release_year or None],
+            "genres": [genres],
+        },
+        schema={
+            "movie_id": pl.Int64,
+            "title": pl.String,
+            "release_year": pl.Int32,
+            "genres": pl.List(pl.String),
+        },
+    )
+
+
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
-    def __init__(self, catalog: Catalog, history: UserHistory) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        history: UserHistory,
+        workdir: Path | None = None,
+        store=None,
+        on_catalog: Callable[[Catalog], None] | None = None,
+    ) -> None:
         self.catalog = catalog
         self.history = history
+        self.workdir = workdir
+        self.store = store
+        self.on_catalog = on_catalog  # hands a new catalog to the other servicers of this process
+        self.movie_events = events.EventFollower(workdir, events.MOVIE_STREAM) if workdir else None
+
+    def apply_movies(self, movies: pl.DataFrame) -> None:
+        """Catalog upserts (own, or from the event log written by other replicas)."""
+        self.catalog = self.catalog.upserted(movies)
+        if self.on_catalog is not None:
+            self.on_catalog(self.catalog)
 
     async def GetMovie(self, request: catalog_pb2.GetMovieRequest, context: grpc.aio.ServicerContext):
         movie_id = check_id(request.movie_id, "movie_id")
@@ -54,4 +122,53 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         )
 
     async def UpsertMovie(self, request: catalog_pb2.UpsertMovieRequest, context: grpc.aio.ServicerContext):
-        raise Unimplemented("UpsertMovie (cold start of new movies) is not implemented yet")
+        if self.workdir is None or self.store is None or self.movie_events is None:
+            raise InvalidArgument("this catalog is read-only")
+        frame = checked_movie(request.movie, self.catalog, dt.datetime.now(dt.UTC).year)
+        movie_id = int(frame["movie_id"][0])
+        created = self.catalog.positions([movie_id])[0] < 0
+        await asyncio.to_thread(self._persist, frame, created)
+        self.apply_movies(frame)
+        response = catalog_pb2.UpsertMovieResponse(created=bool(created))
+        response.movie.CopyFrom(movie_message(self.catalog, int(self.catalog.positions([movie_id])[0])))
+        return response
+
+    def _persist(self, frame: pl.DataFrame, created: bool) -> None:
+        """Online features first (followers read them), then the durable catalog event."""
+        movie_id = int(frame["movie_id"][0])
+        genres = frame["genres"][0].to_list()
+        position = int(self.catalog.positions([movie_id])[0])
+        stddev = None
+        if not created:  # keep the rating statistics the online store has for this movie
+            refs = [f"{MOVIE_VIEW}:movie_rating_stddev"]
+            stddev = self.store.get_online_features(
+                features=refs, entity_rows=[{"movie_id": movie_id}]
+            ).to_dict()["movie_rating_stddev"][0]
+        average = (
+            None
+            if created or np.isnan(self.catalog.avg_ratings[position])
+            else float(self.catalog.avg_ratings[position])
+        )
+        row = pl.DataFrame(
+            {
+                "movie_id": [movie_id],
+                "event_timestamp": [dt.datetime.now(dt.UTC)],
+                "movie_release_year": frame["release_year"],
+                **{
+                    name: [genres[i] if i < len(genres) else None]
+                    for i, name in enumerate(MOVIE_GENRE_FIELDS)
+                },
+                "movie_rating_count": [0 if created else int(self.catalog.rating_counts[position])],
+                "movie_avg_rating": [average],
+                "movie_rating_stddev": [stddev],
+            },
+            schema_overrides={
+                "movie_avg_rating": pl.Float64,
+                "movie_rating_stddev": pl.Float64,
+                **{name: pl.String for name in MOVIE_GENRE_FIELDS},
+            },
+        )
+        self.store.write_to_online_store(MOVIE_VIEW, row.to_pandas())
+        with self.movie_events.lock:
+            path = events.append(self.workdir, events.MOVIE_STREAM, frame)
+            self.movie_events.mark_seen(path)

@@ -27,7 +27,7 @@ from kserve import InferenceGRPCClient, InferInput, InferRequest
 from services.common.catalog import Catalog
 from services.common.deadlines import downstream_timeout
 from services.common.errors import InvalidArgument, NotFound, check_id, check_k
-from services.common.following import apply_rating_events, start_following
+from services.common.following import apply_rating_events, start_following, start_following_stream
 from services.common.history import UserHistory
 from services.common.observability import MODEL_INFO, STAGE_FALLBACKS, STAGE_LATENCY
 from services.common.server import run_service
@@ -91,10 +91,9 @@ async def _timed(stage: str, call: Awaitable[T]) -> T:
 
 class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     def __init__(self, catalog: Catalog, settings: Settings, feedback: FeedbackRecorder) -> None:
-        self.catalog = catalog
         self.settings = settings
         self.feedback = feedback
-        self.popularity_order = np.lexsort((catalog.movie_ids, -catalog.rating_counts))
+        self.set_catalog(catalog)
         options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
         self.candidates = candidates_pb2_grpc.CandidateServiceStub(
             grpc.aio.insecure_channel(stage_target(settings, "candidates"), options=options)
@@ -106,6 +105,10 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             grpc.aio.insecure_channel(stage_target(settings, "rerank"), options=options)
         )
         self.ranker = InferenceGRPCClient(stage_target(settings, "ranker"), retries=0, timeout=None)
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.popularity_order = np.lexsort((catalog.movie_ids, -catalog.rating_counts))
 
     def _budget(self, context: grpc.aio.ServicerContext, stage: str) -> float:
         return downstream_timeout(context, getattr(self.settings, f"{stage}_timeout_ms") / 1000.0)
@@ -301,7 +304,18 @@ def build_servicers(workdir: Path) -> tuple[RecommendServicer, CatalogServicer]:
         settings.max_feedback_future_s,
         follower,
     )
-    return RecommendServicer(catalog, settings, recorder), CatalogServicer(catalog, history)
+    recommend = RecommendServicer(catalog, settings, recorder)
+
+    def share(new_catalog: Catalog) -> None:  # one catalog for every servicer of this process
+        recommend.set_catalog(new_catalog)
+        recorder.catalog = new_catalog
+        recorder.movies = new_catalog.frame
+
+    catalog_servicer = CatalogServicer(catalog, history, workdir, recorder.store, on_catalog=share)
+    upserted = catalog_servicer.movie_events.poll()  # movies added before this start
+    if upserted is not None:
+        catalog_servicer.apply_movies(upserted)
+    return recommend, catalog_servicer
 
 
 def main() -> None:
@@ -312,6 +326,9 @@ def main() -> None:
         # feedback written by other replicas
         recommend.follower_task = start_following(
             settings.workdir, catalog.history, settings.event_poll_s, recommend.feedback.follower
+        )
+        recommend.catalog_task = start_following_stream(
+            catalog.movie_events, catalog.apply_movies, settings.event_poll_s
         )
         recommend_pb2_grpc.add_RecommendServiceServicer_to_server(recommend, server)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(catalog, server)

@@ -7,21 +7,31 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import polars as pl
 
 from services.common.catalog import Catalog
 from services.common.errors import InvalidArgument, check_ids, check_k
+from services.common.following import start_following_stream
 from services.common.server import run_service
 from services.rerank.logic import DEFAULT_RULES_PATH, RerankRules, load_rules, rerank
 from starling.config import get_settings
+from starling.events import MOVIE_STREAM, EventFollower
 from starling.v1 import rerank_pb2, rerank_pb2_grpc
 
 
 class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
     def __init__(self, catalog: Catalog, rules: RerankRules) -> None:
-        self.catalog = catalog
         self.rules = rules
+        self.set_catalog(catalog)
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        self.catalog = catalog
         self.max_rating_count = int(catalog.rating_counts.max(initial=0))
         self.genre_vectors = catalog.genre_matrix.astype(np.float32)
+
+    def apply_movies(self, movies: pl.DataFrame) -> None:
+        """Catalog upserts from the event log."""
+        self.set_catalog(self.catalog.upserted(movies))
 
     async def Rerank(self, request: rerank_pb2.RerankRequest, context: grpc.aio.ServicerContext):
         k = check_k(request.k)
@@ -72,9 +82,11 @@ def main() -> None:
 
     async def register(server: grpc.aio.Server) -> list[str]:
         rules_path = settings.rerank_rules or DEFAULT_RULES_PATH
-        rerank_pb2_grpc.add_RerankServiceServicer_to_server(
-            build_servicer(settings.workdir, rules_path), server
+        servicer = build_servicer(settings.workdir, rules_path)
+        servicer.catalog_task = start_following_stream(
+            EventFollower(settings.workdir, MOVIE_STREAM), servicer.apply_movies, settings.event_poll_s
         )
+        rerank_pb2_grpc.add_RerankServiceServicer_to_server(servicer, server)
         return [rerank_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name]
 
     run_service("rerank", register, settings.rerank_port)
