@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from starling.config import REPO_ROOT
+from starling.config import REPO_ROOT, Settings
 
 ML_LATEST_SMALL = Path(
     os.environ.get("STARLING_ML_LATEST_SMALL", REPO_ROOT.parent / "shared" / "data" / "ml-latest-small")
@@ -77,15 +78,47 @@ def copy_workdir(source: Path, target: Path) -> Path:
     return target
 
 
-def _free_port() -> int:
+def pick_port(metrics_neighbour: bool = False) -> int:
+    """A TCP port that was free a moment ago (good enough for tests); with ``metrics_neighbour``, port + 1000
+    (where a service serves /metrics) was free too."""
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if not metrics_neighbour:
+            return port
+        if port + 1000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1000))
+            except OSError:
+                continue
+        return port
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def free_port() -> Callable[[], int]:
-    """Returns a function giving a TCP port that was free a moment ago (good enough for tests)."""
-    return _free_port
+    """Returns a function giving a TCP port that was free a moment ago."""
+    return pick_port
+
+
+@contextmanager
+def running_stack(workdir: Path, **overrides: object) -> Iterator[Settings]:
+    """Every service of `starling up` as real processes on free ports, stopped on exit.
+
+    Stage deadlines are generous: the tests check behaviour on a shared, noisy machine, not speed.
+    """
+    from starling.local import down, up
+
+    ports = {f"{name}_port": pick_port(True) for name in ("recommend", "candidates", "recall", "rerank")}
+    ports.update({f"{name}_port": pick_port() for name in ("ranker_grpc", "ranker_http", "web")})
+    deadlines = {f"{stage}_timeout_ms": 5000 for stage in ("candidates", "recall", "ranker", "rerank")}
+    settings = Settings(workdir=workdir, **{**ports, **deadlines, **overrides})
+    up(workdir, timeout_s=240, settings=settings)
+    try:
+        yield settings
+    finally:
+        down(workdir)

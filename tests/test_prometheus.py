@@ -24,13 +24,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ import pytest
 import yaml
 
 from starling.config import REPO_ROOT, Settings
-from starling.local import down, read_state, up
+from starling.local import read_state
 from starling.v1 import recommend_pb2, recommend_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -54,28 +53,6 @@ THRESHOLD = re.compile(r"^(?P<measurement>.*?)\s*(>|<|>=|<=|==|!=)\s*[-+0-9.eE]+
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _port_pair() -> int:
-    """A free port whose +1000 neighbour (the service's metrics port) is free too."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port + 1000 > 65535:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1000))
-            except OSError:
-                continue
-        return port
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _helm() -> str:
     on_path = shutil.which("helm")
     if on_path:
@@ -151,21 +128,11 @@ def workdir(ml_small_trained: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def stack(workdir: Path) -> Iterator[Settings]:
-    ports = {name: _port_pair() for name in ("recommend", "candidates", "recall", "rerank")}
-    settings = Settings(
-        workdir=workdir,
-        ranker_grpc_port=_free_port(),
-        ranker_http_port=_free_port(),
-        web_port=_free_port(),
-        **{f"{name}_port": port for name, port in ports.items()},
-        # Generous deadlines: fallbacks must come from the killed stage, not from a busy shared machine.
-        **{f"{stage}_timeout_ms": 5000 for stage in ("candidates", "recall", "ranker", "rerank")},
-    )
-    up(workdir, timeout_s=240, settings=settings)
-    try:
+    from conftest import running_stack
+
+    # running_stack's generous deadlines: fallbacks must come from the killed stage, not a busy machine.
+    with running_stack(workdir) as settings:
         yield settings
-    finally:
-        down(workdir)
 
 
 def metrics_targets(settings: Settings) -> dict[str, int]:
@@ -176,7 +143,10 @@ def metrics_targets(settings: Settings) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def prometheus(
-    prometheus_binary: str, stack: Settings, tmp_path_factory: pytest.TempPathFactory
+    prometheus_binary: str,
+    stack: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+    free_port: Callable[[], int],
 ) -> Iterator[str]:
     """A Prometheus scraping the stack every second; yields its base URL."""
     home = tmp_path_factory.mktemp("prometheus")
@@ -194,7 +164,7 @@ def prometheus(
         ],
     }
     (home / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     log = (home / "prometheus.log").open("wb")
     process = subprocess.Popen(
         [

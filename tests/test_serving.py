@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from starling.config import Settings
-from starling.local import down, read_state, up
+from starling.local import read_state
 from starling.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommend_pb2, recommend_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -30,10 +30,8 @@ UNMATERIALIZED_USER = 777_777
 def stack(
     ml_small_trained: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Settings, recommend_pb2_grpc.RecommendServiceStub]]:
-    import socket
-
     import polars as pl
-    from conftest import copy_workdir
+    from conftest import copy_workdir, running_stack
 
     workdir = copy_workdir(ml_small_trained, tmp_path_factory.mktemp("serving"))
     ratings = pl.read_parquet(workdir / "ratings.parquet")
@@ -42,26 +40,14 @@ def stack(
     )
     pl.concat([ratings, late]).write_parquet(workdir / "ratings.parquet")
 
-    def port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-
-    names = ("recommend", "candidates", "recall", "rerank", "ranker_grpc", "ranker_http", "web")
-    ports = {name: port() for name in names}
-    # Generous stage deadlines: these tests check behaviour on a shared, noisy machine, not speed.
-    deadlines = {f"{stage}_timeout_ms": 5000 for stage in ("candidates", "recall", "ranker", "rerank")}
-    settings = Settings(
-        workdir=workdir, **deadlines, **{f"{name}_port": value for name, value in ports.items()}
-    )
-    started = up(workdir, timeout_s=240, settings=settings)
-    channel = grpc.insecure_channel(f"127.0.0.1:{settings.recommend_port}")
-    try:
-        assert [p.name for p in started] == ["candidates", "recall", "rerank", "ranker", "recommend", "web"]
-        yield settings, recommend_pb2_grpc.RecommendServiceStub(channel)
-    finally:
-        channel.close()
-        down(workdir)
+    with running_stack(workdir) as settings:
+        channel = grpc.insecure_channel(f"127.0.0.1:{settings.recommend_port}")
+        try:
+            names = [p.name for p in read_state(workdir)]
+            assert names == ["candidates", "recall", "rerank", "ranker", "recommend", "web"]
+            yield settings, recommend_pb2_grpc.RecommendServiceStub(channel)
+        finally:
+            channel.close()
 
 
 def _request(user_id: int = 1, k: int = 20, **context) -> recommend_pb2.RecommendRequest:

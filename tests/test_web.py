@@ -30,7 +30,6 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from starling.config import REPO_ROOT, Settings
-from starling.local import down, up
 
 SCREENSHOT = REPO_ROOT / "docs" / "screenshot-user-page.png"
 SAMPLE_USER = 1
@@ -51,9 +50,9 @@ def wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def lone_gateway(free_port_factory: Callable[[], int], tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+def lone_gateway(free_port: Callable[[], int], tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """The gateway process in front of a port where nothing listens."""
-    port, dead_port = free_port_factory(), free_port_factory()
+    port, dead_port = free_port(), free_port()
     log_path = tmp_path_factory.mktemp("web") / "web.log"
     env = {
         **os.environ,
@@ -75,13 +74,6 @@ def lone_gateway(free_port_factory: Callable[[], int], tmp_path_factory: pytest.
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-@pytest.fixture(scope="module")
-def free_port_factory() -> Callable[[], int]:
-    from conftest import _free_port
-
-    return _free_port
 
 
 def _healthy(base: str) -> bool:
@@ -189,23 +181,12 @@ def test_json_logs_and_graceful_stop_on_sigterm(lone_gateway) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    ml_small_trained: Path, tmp_path_factory: pytest.TempPathFactory, free_port_factory: Callable[[], int]
-) -> Iterator[tuple[Settings, str]]:
-    from conftest import copy_workdir
+def stack(ml_small_trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str]]:
+    from conftest import copy_workdir, running_stack
 
     workdir = copy_workdir(ml_small_trained, tmp_path_factory.mktemp("web_stack"))
-    names = ("recommend", "candidates", "recall", "rerank", "ranker_grpc", "ranker_http", "web")
-    ports = {f"{name}_port": free_port_factory() for name in names}
-    # Generous stage deadlines: these tests check behaviour on a shared, noisy machine, not speed.
-    deadlines = {f"{stage}_timeout_ms": 5000 for stage in ("candidates", "recall", "ranker", "rerank")}
-    settings = Settings(workdir=workdir, web_timeout_s=15, **deadlines, **ports)
-    started = up(workdir, timeout_s=240, settings=settings)
-    assert [p.name for p in started][-2:] == ["recommend", "web"]
-    try:
+    with running_stack(workdir, web_timeout_s=15) as settings:
         yield settings, f"http://127.0.0.1:{settings.web_port}"
-    finally:
-        down(workdir)
 
 
 class DevTools:
