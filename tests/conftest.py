@@ -105,6 +105,22 @@ def free_port() -> Callable[[], int]:
     return pick_port
 
 
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """A Helm binary: the one on PATH, else the pinned one scripts/install-helm.sh puts in .tools/bin."""
+    import shutil
+    import subprocess
+
+    on_path = shutil.which("helm")
+    if on_path:
+        return on_path
+    done = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "install-helm.sh")], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, f"scripts/install-helm.sh failed:\n{done.stderr}"
+    return done.stdout.strip().splitlines()[-1]
+
+
 @contextmanager
 def running_stack(workdir: Path, **overrides: object) -> Iterator[Settings]:
     """Every service of `starling up` as real processes on free ports, stopped on exit.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,19 +38,6 @@ Manifest = dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-@pytest.fixture(scope="session")
-def helm() -> str:
-    """A Helm binary: the one on PATH, else the pinned one the install script puts in .tools/bin."""
-    on_path = shutil.which("helm")
-    if on_path:
-        return on_path
-    done = subprocess.run(
-        [str(REPO_ROOT / "scripts" / "install-helm.sh")], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, f"scripts/install-helm.sh failed:\n{done.stderr}"
-    return done.stdout.strip().splitlines()[-1]
-
-
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
 

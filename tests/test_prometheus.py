@@ -53,22 +53,11 @@ THRESHOLD = re.compile(r"^(?P<measurement>.*?)\s*(>|<|>=|<=|==|!=)\s*[-+0-9.eE]+
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _helm() -> str:
-    on_path = shutil.which("helm")
-    if on_path:
-        return on_path
-    done = subprocess.run(
-        [str(REPO_ROOT / "scripts" / "install-helm.sh")], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, f"scripts/install-helm.sh failed:\n{done.stderr}"
-    return done.stdout.strip().splitlines()[-1]
-
-
-def rendered_monitoring() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def rendered_monitoring(helm: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(Grafana dashboard, PrometheusRule groups) as the production values render them, rate window 30s."""
     done = subprocess.run(
         [
-            _helm(),
+            helm,
             "template",
             "starling",
             str(CHART),
@@ -265,9 +254,9 @@ def _value(result: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------- test
 def test_every_dashboard_and_alert_expression_returns_data(
-    prometheus: str, stack: Settings, workdir: Path, tmp_path: Path
+    prometheus: str, stack: Settings, workdir: Path, tmp_path: Path, helm: str
 ) -> None:
-    dashboard, rule_groups = rendered_monitoring()
+    dashboard, rule_groups = rendered_monitoring(helm)
 
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(yaml.safe_dump({"groups": rule_groups}))

@@ -10,11 +10,10 @@ import polars as pl
 from services.candidates.logic import eligible_pool
 from services.common.catalog import Catalog
 from services.common.errors import check_id, check_ids
-from services.common.following import start_following, start_following_stream
+from services.common.following import start_following, start_following_catalog
 from services.common.history import UserHistory
 from services.common.server import run_service
 from starling.config import get_settings
-from starling.events import MOVIE_STREAM, EventFollower
 from starling.v1 import candidates_pb2, candidates_pb2_grpc
 
 
@@ -56,8 +55,8 @@ def main() -> None:
     async def register(server: grpc.aio.Server) -> list[str]:
         servicer = build_servicer(settings.workdir)
         servicer.follower_task = start_following(settings.workdir, servicer.history, settings.event_poll_s)
-        servicer.catalog_task = start_following_stream(
-            EventFollower(settings.workdir, MOVIE_STREAM), servicer.apply_movies, settings.event_poll_s
+        servicer.catalog_task = start_following_catalog(
+            settings.workdir, servicer.apply_movies, settings.event_poll_s
         )
         candidates_pb2_grpc.add_CandidateServiceServicer_to_server(servicer, server)
         return [candidates_pb2.DESCRIPTOR.services_by_name["CandidateService"].full_name]

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from services.common.history import UserHistory
-from starling.events import RATING_STREAM, EventFollower
+from starling.events import MOVIE_STREAM, RATING_STREAM, EventFollower
 
 log = logging.getLogger("starling.following")
 
@@ -52,8 +52,12 @@ def start_following(
     )
 
 
-def start_following_stream(
-    follower: EventFollower, apply: Callable[[pl.DataFrame], object], interval_s: float
+def start_following_catalog(
+    workdir: Path,
+    apply_movies: Callable[[pl.DataFrame], object],
+    interval_s: float,
+    follower: EventFollower | None = None,
 ) -> asyncio.Task:
-    """Follow any stream with ``apply`` on the running loop (keep the returned task referenced)."""
-    return asyncio.get_running_loop().create_task(follow(follower, apply, interval_s))
+    """Follow catalog upserts (the movies stream) into ``apply_movies`` on the running loop."""
+    follower = follower or EventFollower(workdir, MOVIE_STREAM)
+    return asyncio.get_running_loop().create_task(follow(follower, apply_movies, interval_s))

@@ -12,7 +12,7 @@ import polars as pl
 
 from services.common.catalog import Catalog
 from services.common.errors import InvalidArgument, check_id, check_ids, check_k
-from services.common.following import start_following, start_following_stream
+from services.common.following import start_following, start_following_catalog
 from services.common.history import UserHistory
 from services.common.server import run_service
 from services.recall.logic import (
@@ -27,7 +27,6 @@ from services.recall.logic import (
 from services.recall.vector_index import VectorIndex, neighbour_table
 from starling.config import get_settings
 from starling.errors import StarlingError
-from starling.events import MOVIE_STREAM, EventFollower
 from starling.v1 import recall_pb2, recall_pb2_grpc
 
 log = logging.getLogger("starling.recall")
@@ -215,8 +214,8 @@ def main() -> None:
     async def register(server: grpc.aio.Server) -> list[str]:
         servicer = build_servicer(settings.workdir)
         servicer.follower_task = start_following(settings.workdir, servicer.history, settings.event_poll_s)
-        servicer.catalog_task = start_following_stream(
-            EventFollower(settings.workdir, MOVIE_STREAM), servicer.apply_movies, settings.event_poll_s
+        servicer.catalog_task = start_following_catalog(
+            settings.workdir, servicer.apply_movies, settings.event_poll_s
         )
         recall_pb2_grpc.add_RecallServiceServicer_to_server(servicer, server)
         return [recall_pb2.DESCRIPTOR.services_by_name["RecallService"].full_name]

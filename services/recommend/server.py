@@ -27,7 +27,7 @@ from kserve import InferenceGRPCClient, InferInput, InferRequest
 from services.common.catalog import Catalog
 from services.common.deadlines import downstream_timeout
 from services.common.errors import InvalidArgument, NotFound, check_id, check_k
-from services.common.following import apply_rating_events, start_following, start_following_stream
+from services.common.following import apply_rating_events, start_following, start_following_catalog
 from services.common.history import UserHistory
 from services.common.observability import MODEL_INFO, STAGE_FALLBACKS, STAGE_LATENCY
 from services.common.server import run_service
@@ -327,8 +327,8 @@ def main() -> None:
         recommend.follower_task = start_following(
             settings.workdir, catalog.history, settings.event_poll_s, recommend.feedback.follower
         )
-        recommend.catalog_task = start_following_stream(
-            catalog.movie_events, catalog.apply_movies, settings.event_poll_s
+        recommend.catalog_task = start_following_catalog(
+            settings.workdir, catalog.apply_movies, settings.event_poll_s, catalog.movie_events
         )
         recommend_pb2_grpc.add_RecommendServiceServicer_to_server(recommend, server)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(catalog, server)

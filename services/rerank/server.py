@@ -11,11 +11,10 @@ import polars as pl
 
 from services.common.catalog import Catalog
 from services.common.errors import InvalidArgument, check_ids, check_k
-from services.common.following import start_following_stream
+from services.common.following import start_following_catalog
 from services.common.server import run_service
 from services.rerank.logic import DEFAULT_RULES_PATH, RerankRules, load_rules, rerank
 from starling.config import get_settings
-from starling.events import MOVIE_STREAM, EventFollower
 from starling.v1 import rerank_pb2, rerank_pb2_grpc
 
 
@@ -83,8 +82,8 @@ def main() -> None:
     async def register(server: grpc.aio.Server) -> list[str]:
         rules_path = settings.rerank_rules or DEFAULT_RULES_PATH
         servicer = build_servicer(settings.workdir, rules_path)
-        servicer.catalog_task = start_following_stream(
-            EventFollower(settings.workdir, MOVIE_STREAM), servicer.apply_movies, settings.event_poll_s
+        servicer.catalog_task = start_following_catalog(
+            settings.workdir, servicer.apply_movies, settings.event_poll_s
         )
         rerank_pb2_grpc.add_RerankServiceServicer_to_server(servicer, server)
         return [rerank_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name]
