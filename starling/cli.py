@@ -113,22 +113,58 @@ def features_online(workdir: Path, user_ids: tuple[int, ...], movie_ids: tuple[i
 @click.option(
     "--model",
     "model_name",
-    default="embedding_mlp",
+    default="rank_mlp",
     show_default=True,
-    help="embedding_mlp, wide_deep, neural_cf, deepfm, din, or `all` (every model and the item embeddings).",
+    help="rank_mlp, embedding_mlp, wide_deep, neural_cf, deepfm, din, or `all` (every model and the item "
+    "embeddings); the best on the served pipeline's validation NDCG@10 serves.",
 )
 @click.option("--epochs", type=int, default=None, help="Maximum epochs (early stopping may end sooner).")
+@click.option(
+    "--windows",
+    type=click.IntRange(1, 1000),
+    default=40,
+    show_default=True,
+    help="Training windows before the valid cut-off (each: a snapshot, its users' recalled candidates).",
+)
+@click.option(
+    "--horizon-days",
+    type=click.FloatRange(1, 3650),
+    default=180.0,
+    show_default=True,
+    help="Length of each training window: a candidate's label is whether the user liked it within it.",
+)
+@click.option(
+    "--step-days",
+    type=click.FloatRange(1, 3650),
+    default=45.0,
+    show_default=True,
+    help="Days between the cut-offs of consecutive training windows.",
+)
 @click.option(
     "--publish/--no-publish",
     default=True,
     show_default=True,
     help="Point `current` at the new version if it passes the quality gate.",
 )
-def train(workdir: Path, model_name: str, epochs: int | None, publish: bool) -> None:
-    """Train ranking model(s) and write a versioned artifact directory under WORKDIR/models."""
+def train(
+    workdir: Path,
+    model_name: str,
+    epochs: int | None,
+    windows: int,
+    horizon_days: float,
+    step_days: float,
+    publish: bool,
+) -> None:
+    """Train ranking model(s) on recalled candidates and write a versioned artifact under WORKDIR/models.
+
+    Every model learns from what recall returns at past cut-offs, labelled by what each user liked next; the
+    best on the served pipeline's validation NDCG@10 serves, if it beats popularity (else exit 2).
+    """
+    from training.ltr import WindowConfig
     from training.train import train_command
 
-    report = train_command(workdir, model_name, epochs=epochs, publish=publish)
+    config = WindowConfig(horizon_days=horizon_days, step_days=step_days, windows=windows)
+    report = train_command(workdir, model_name, epochs=epochs, publish=publish, windows=config)
     click.echo(report.summary())
 
 

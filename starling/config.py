@@ -73,8 +73,8 @@ class Settings(BaseSettings):
     milvus_uri: str = Field(
         "", description="Milvus server URI, or empty for a milvus-lite file WORKDIR/milvus.db."
     )
-    recall_embedding: Literal["item2vec", "two_tower"] = Field(
-        "item2vec", description="Embedding for ANN recall."
+    recall_embedding: Literal["als"] = Field(
+        "als", description="Item vectors in Milvus for the embedding channel: the recall state's ALS factors."
     )
     recall_size: int = Field(500, description="Candidates recall hands to the ranker.")
     candidates_timeout_ms: int = Field(100, description="Per-stage deadline of the recommend orchestrator.")

@@ -47,10 +47,18 @@ def ml_small_features(ml_small_ingested: Path) -> Path:
     return ml_small_ingested
 
 
+def fast_windows():
+    """Fewer, sparser training windows than `starling train`'s default: the tests check behaviour, not the last
+    point of quality (README's figures come from the defaults)."""
+    from training.ltr import WindowConfig
+
+    return WindowConfig(windows=8, step_days=90)
+
+
 @pytest.fixture(scope="session")
 def ml_small_trained(ml_small_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of that workdir, materialized into the sqlite online store, with every model and item embedding
-    trained (early stopping, as `starling train --model all` does) and published as `current`.
+    """A copy of that workdir, materialized into the sqlite online store, with the serving ranker trained on
+    recalled candidates (fast windows) and published as `current`.
 
     Its own copy, so that tests training other versions in ``ml_small_features`` cannot change what is served.
     Tests that publish here themselves must work on a copy (see :func:`copy_workdir`).
@@ -60,7 +68,19 @@ def ml_small_trained(ml_small_features: Path, tmp_path_factory: pytest.TempPathF
 
     workdir = copy_workdir(ml_small_features, tmp_path_factory.mktemp("ml_small_trained"))
     materialize(workdir)
-    train_command(workdir, "all", publish=True)
+    train_command(workdir, "rank_mlp", publish=True, windows=fast_windows())
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def synthetic_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated MovieLens-shaped data with planted tastes (synthetic:40000), ingested and featurized."""
+    from starling.data.ingest import ingest
+    from starling.features.build import SplitConfig, build_features
+
+    workdir = tmp_path_factory.mktemp("synthetic")
+    ingest("synthetic:40000", workdir)
+    build_features(workdir, SplitConfig())
     return workdir
 
 

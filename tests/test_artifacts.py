@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import polars as pl
 import pytest
 import torch
 
@@ -21,20 +20,27 @@ from training.artifacts import (
     resolve_artifact,
     sha256_file,
 )
-from training.data import load_training_data
 from training.gate import QualityGateError, gate_failures
+from training.ltr import WindowConfig
 from training.models.base import ModelConfig
-from training.synthetic import synthetic_samples, write_synthetic_features
-from training.train import run_training
+from training.train import RankingData, pipeline_valid_ndcg, prepare_ranking_data, run_training
 
-FAST = ModelConfig(embedding_dim=8, hidden_units=(32, 32), max_epochs=2)
+FAST = ModelConfig(embedding_dim=8, hidden_units=(32, 16), max_epochs=2, learning_rate=3e-3)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A synthetic workdir with one published version holding embedding_mlp and din."""
-    workdir = write_synthetic_features(tmp_path_factory.mktemp("artifacts"))
-    report = run_training(workdir, load_training_data(workdir), ["embedding_mlp", "din"], FAST)
+def prepared(synthetic_features: Path, tmp_path_factory: pytest.TempPathFactory) -> RankingData:
+    from conftest import copy_workdir
+
+    workdir = copy_workdir(synthetic_features, tmp_path_factory.mktemp("artifacts"))
+    return prepare_ranking_data(workdir, WindowConfig(windows=3, step_days=120))
+
+
+@pytest.fixture(scope="module")
+def trained(prepared: RankingData) -> tuple[Path, str]:
+    """A synthetic workdir with one published version holding rank_mlp and din."""
+    workdir = prepared.spec_path.parent.parent
+    report = run_training(workdir, prepared, ["rank_mlp", "din"], FAST)
     assert report.published
     return workdir, report.version
 
@@ -49,35 +55,41 @@ def test_version_layout_and_manifest(trained: tuple[Path, str]) -> None:
         "fingerprint.json",
         "metrics.json",
         "popularity.parquet",
-        *(f"{name}/{file}" for name in ("embedding_mlp", "din") for file in ("weights.pt", "config.json")),
-        "learning_curves/embedding_mlp.png",
+        "recall/params.json",
+        "recall/state.npz",
+        *(f"{name}/{file}" for name in ("rank_mlp", "din") for file in ("weights.pt", "config.json")),
+        "learning_curves/rank_mlp.png",
         "learning_curves/din.png",
     }
     assert set(manifest["files"]) == expected
-    assert manifest["serving_model"] == max(
-        manifest["models"], key=lambda n: manifest["models"][n]["valid_auc"]
-    )
+    scores = {name: entry["pipeline_valid_ndcg@10"] for name, entry in manifest["models"].items()}
+    assert manifest["serving_model"] == max(scores, key=scores.__getitem__)
     fingerprint = json.loads((path / "fingerprint.json").read_text())
     assert fingerprint["samples_sha256"] == sha256_file(workdir / "features" / "samples.parquet")
-    assert fingerprint["row_counts"] == {"train": 16_000, "valid": 2_000, "test": 2_000}
+    assert fingerprint["row_counts"]["train_groups"] > 0
     config = json.loads((path / "din" / "config.json").read_text())
     assert config["hyperparameters"]["embedding_dim"] == 8 and config["best_epoch"] in (1, 2)
     assert (path / "learning_curves" / "din.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_loaded_models_reproduce_the_recorded_valid_auc(trained: tuple[Path, str]) -> None:
-    from training.ranking_metrics import auc
+def test_loaded_models_reproduce_the_recorded_pipeline_ndcg(
+    trained: tuple[Path, str], prepared: RankingData
+) -> None:
+    from services.rerank.logic import load_rules
 
     workdir, _ = trained
     artifact = load_artifact(resolve_artifact(workdir))
-    valid = pl.read_parquet(workdir / "features" / "samples.parquet").filter(pl.col("split") == "valid")
     for name, model in artifact.models.items():
         assert not model.training
-        measured = auc(valid["label"].to_numpy(), artifact.predict(valid, name))
-        assert measured == pytest.approx(artifact.manifest["models"][name]["valid_auc"], abs=1e-9)
+        measured = pipeline_valid_ndcg(prepared, model, load_rules()).mean()
+        assert measured == pytest.approx(
+            artifact.manifest["models"][name]["pipeline_valid_ndcg@10"], abs=1e-9
+        )
 
 
-def test_weights_round_trip_through_weights_only_load(trained: tuple[Path, str], tmp_path: Path) -> None:
+def test_weights_round_trip_through_weights_only_load(
+    trained: tuple[Path, str], prepared: RankingData, tmp_path: Path
+) -> None:
     workdir, _ = trained
     artifact = load_artifact(resolve_artifact(workdir))
     writer = VersionWriter(tmp_path, "v1")
@@ -87,11 +99,7 @@ def test_weights_round_trip_through_weights_only_load(trained: tuple[Path, str],
 
     reloaded = build_model("din", artifact.spec, FAST)
     reloaded.load_state_dict(state)
-    encoded_rows = synthetic_samples(n_rows=300, seed=5)
-    from starling.features.transform import transform
-
-    encoded = transform(encoded_rows, artifact.spec)
-    features = {key: torch.from_numpy(np.array(value)) for key, value in encoded.items() if key != "label"}
+    features = {key: value[:300] for key, value in prepared.valid.features.items()}
     with torch.no_grad():
         assert torch.equal(reloaded.eval()(features), artifact.models["din"](features))
 
@@ -151,46 +159,41 @@ def test_publish_swaps_current_atomically(tmp_path: Path) -> None:
 
 
 def test_gate_failures_state_the_numbers() -> None:
-    refused = gate_failures(
-        {"a": 0.71, "b": 0.60, "c": None}, {"c": "non-finite training loss (nan) in epoch 1"}, 0.65
-    )
-    assert refused == {
-        "b": "valid AUC 0.6000 is not above the popularity baseline's 0.6500",
-        "c": "training failed: non-finite training loss (nan) in epoch 1",
+    failures = {"c": "non-finite training loss (nan) in epoch 1"}
+    assert gate_failures({"a": 0.31, "b": 0.20, "c": None}, failures, 0.25, "a") == {
+        "c": "training failed: non-finite training loss (nan) in epoch 1"
+    }
+    assert gate_failures({"a": 0.21, "b": 0.20}, {}, 0.25, "a") == {
+        "a": "the served pipeline's validation NDCG@10 0.2100 is not above the popularity baseline's 0.2500"
     }
 
 
 @pytest.mark.parametrize("defect", ["inverted train labels", "diverging learning rate"])
 def test_the_gate_refuses_a_bad_model_and_leaves_current_alone(
-    trained: tuple[Path, str], tmp_path: Path, defect: str
+    trained: tuple[Path, str], prepared: RankingData, defect: str
 ) -> None:
     workdir, good_version = trained
-    bad = tmp_path / "bad"
-    samples = pl.read_parquet(workdir / "features" / "samples.parquet")
-    config = FAST
-    if defect == "inverted train labels":  # a model that learns the opposite of the truth
-        samples = samples.with_columns(
-            label=pl.when(pl.col("split") == "train").then(1 - pl.col("label")).otherwise(pl.col("label"))
-        )
+    data, config = prepared, FAST
+    if defect == "inverted train labels":  # a ranker that learns the opposite of the truth
+        data = replace(prepared, train=replace(prepared.train, labels=1.0 - prepared.train.labels))
     else:
-        config = ModelConfig(embedding_dim=8, hidden_units=(32,), max_epochs=2, learning_rate=float("inf"))
-    write_synthetic_features(bad, samples)
-    (bad / "models").mkdir()
-    os.symlink(workdir / "models" / good_version, bad / "models" / good_version)
-    publish(bad / "models", good_version)
+        config = ModelConfig(hidden_units=(32,), max_epochs=2, learning_rate=float("inf"))
+    before = set((workdir / "models").iterdir())
     with pytest.raises(QualityGateError) as refusal:
-        run_training(bad, load_training_data(bad), ["embedding_mlp"], config)
+        run_training(workdir, data, ["rank_mlp"], config)
     message = str(refusal.value)
     expected = "is not above the popularity baseline's" if defect.startswith("inverted") else "non-finite"
     assert expected in message and f"`current` still {good_version}" in message
-    assert current_version(bad / "models") == good_version
-    refused_version = next(p for p in (bad / "models").iterdir() if p.name not in ("current", good_version))
+    assert current_version(workdir / "models") == good_version
+    (refused_version,) = set((workdir / "models").iterdir()) - before
     assert json.loads((refused_version / "manifest.json").read_text())["gate"]["passed"] is False
 
 
-def test_no_publish_writes_a_version_without_touching_current(trained: tuple[Path, str]) -> None:
+def test_no_publish_writes_a_version_without_touching_current(
+    trained: tuple[Path, str], prepared: RankingData
+) -> None:
     workdir, version = trained
-    report = run_training(workdir, load_training_data(workdir), ["neural_cf"], FAST, publish=False)
+    report = run_training(workdir, prepared, ["rank_mlp"], FAST, publish=False)
     assert current_version(workdir / "models") == version
     assert (workdir / "models" / report.version / "manifest.json").is_file()
     assert "not published (--no-publish)" in report.summary()

@@ -1,4 +1,5 @@
-"""Candidates and recall: pure logic on tiny catalogs, and RecallService against a real milvus-lite file."""
+"""Candidates and recall: the recall state (fit, save, align), channels and features as pure logic on a tiny
+world with planted tastes, and RecallService against a real milvus-lite file."""
 
 from __future__ import annotations
 
@@ -17,12 +18,24 @@ from services.common.catalog import Catalog
 from services.common.errors import InvalidArgument
 from services.common.history import UserHistory
 from services.common.server import start_service
-from services.recall.logic import ChannelResult, merge_channels
+from services.recall.features import channel_scores, user_profile
+from services.recall.logic import ChannelResult, ann_limit, exact_nearest, merge_channels, recall
 from services.recall.server import RecallServicer
+from services.recall.state import RecallModel, RecallParams, RecallState, fold_in
 from services.recall.vector_index import VectorIndex
+from starling.config import Settings
+from starling.features.spec import CANDIDATE_FEATURES
 from starling.v1 import candidates_pb2, candidates_pb2_grpc, common_pb2, recall_pb2, recall_pb2_grpc
+from training.recall_fit import fit_ease, fit_recall_state, likes_matrix
 
 GENRES = ["Action", "Comedy", "Drama"]
+T0 = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+PARAMS = RecallParams(
+    min_likes=2,
+    als_factors=4,
+    neighbours=5,
+    quotas={"ease": 4, "item2item": 4, "embedding": 4, "new": 2, "genre": 2, "popular": 4},
+)
 
 
 def _catalog_and_history() -> tuple[Catalog, UserHistory]:
@@ -38,16 +51,58 @@ def _catalog_and_history() -> tuple[Catalog, UserHistory]:
         schema_overrides={"release_year": pl.Int32},
     )
     popularity = pl.DataFrame({"movie_id": np.repeat(ids, ids)})
-    t0 = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
     ratings = pl.DataFrame(
         {
             "user_id": [7, 7, 7],
             "movie_id": [1, 4, 2],
             "rating": [5.0, 4.0, 1.0],
-            "event_timestamp": [t0, t0 + dt.timedelta(days=1), t0 + dt.timedelta(days=2)],
+            "event_timestamp": [T0, T0 + dt.timedelta(days=1), T0 + dt.timedelta(days=2)],
         }
     )
     return Catalog.from_frames(movies, popularity), UserHistory.from_frame(ratings, 3.5)
+
+
+def tiny_world() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """30 movies (genre = id % 3; movie 30 released in 2020, the rest in 2000) and 40 users in two taste
+    groups: even users like Comedy and rate Drama 2, odd users the reverse; everyone likes movie 3 (Action),
+    the most popular. Each user rates every fourth movie of their genres, offset by their id, a day apart."""
+    ids = np.arange(1, 31)
+    movies = pl.DataFrame(
+        {
+            "movie_id": ids,
+            "title": [f"Movie {i}" for i in ids],
+            "release_year": [2020 if i == 30 else 2000 for i in ids],
+            "genres": [[GENRES[i % 3]] for i in ids],
+        },
+        schema_overrides={"release_year": pl.Int32},
+    )
+    users, items, values, days = [], [], [], []
+    for user in range(1, 41):
+        liked_genre, other_genre = (1, 2) if user % 2 == 0 else (2, 1)
+        chosen = [m for m in ids if m % 3 == liked_genre and (m + user) % 4 != 0][:6]
+        chosen += [*[m for m in ids if m % 3 == other_genre and (m + user) % 4 == 0][:2], 3]
+        for day, movie in enumerate(chosen):
+            users.append(user)
+            items.append(int(movie))
+            values.append(2.0 if movie % 3 == other_genre else 5.0)
+            days.append(user + day)
+    ratings = pl.DataFrame(
+        {
+            "user_id": users,
+            "movie_id": items,
+            "rating": values,
+            "event_timestamp": [T0 + dt.timedelta(days=d) for d in days],
+        },
+        schema_overrides={"rating": pl.Float32},
+    )
+    return ratings, movies
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple[pl.DataFrame, pl.DataFrame, RecallState, Catalog]:
+    ratings, movies = tiny_world()
+    catalog = Catalog.from_frames(movies, ratings)
+    return ratings, movies, fit_recall_state(ratings, catalog.movie_ids, PARAMS, 3.5), catalog
 
 
 def test_eligible_pool_excludes_rated_and_context_and_filters_genres() -> None:
@@ -69,29 +124,115 @@ def test_history_liked_is_most_recent_first() -> None:
 
 
 def test_merge_channels_quotas_dedupe_refill_and_interleave() -> None:
-    a = ChannelResult("embedding", np.array([1, 2, 3, 4]), np.ones(4, dtype=np.float32))
-    b = ChannelResult("popular", np.array([2, 5, 6]), np.full(3, 9.0, dtype=np.float32))
-    rows, _, names = merge_channels([b, a], {"embedding": 2, "popular": 2}, n=5)
-    # pass 1: embedding 1,2; popular 5,6 (2 was taken); pass 2 refills with embedding's 3.
+    a = ChannelResult("ease", np.array([1, 2, 3, 4]), np.ones(4, dtype=np.float32))
+    b = ChannelResult("popular", np.array([2, 5, 6, 7]), np.full(4, 9.0, dtype=np.float32))
+    rows, _, names = merge_channels([b, a], {"ease": 2, "popular": 2}, n=5)
+    # pass 1: ease 1,2; popular 5,6 (2 was taken); pass 2 refills in priority order: ease's 3.
     assert sorted(rows.tolist()) == [1, 2, 3, 5, 6]
     assert rows.tolist()[:2] == [1, 5], "channels interleave by rank"
-    assert dict(zip(rows.tolist(), names.tolist(), strict=True))[2] == "embedding"
+    assert dict(zip(rows.tolist(), names.tolist(), strict=True))[2] == "ease"
     empty = merge_channels([], {}, n=3)
     assert len(empty[0]) == 0
 
 
-def test_recall_and_candidate_services_with_milvus_lite(tmp_path: Path) -> None:
-    catalog, history = _catalog_and_history()
-    # Two clusters in embedding space: Comedy movies (id % 3 == 1) point one way, the rest the other.
-    vectors = np.where((catalog.movie_ids % 3 == 1)[:, None], [1.0, 0.0], [0.0, 1.0]).astype(np.float32)
-    vectors += 0.01 * catalog.movie_ids[:, None].astype(np.float32)
-    index = VectorIndex(str(tmp_path / "milvus.db"), "item2vec", "v1")
-    index.sync(catalog.movie_ids, vectors)
+def test_recall_state_statistics_ease_and_vectors(world) -> None:
+    ratings, _, state, _catalog = world
+    assert state.reference_s == ratings["event_timestamp"].max().timestamp()
+    row = int(np.searchsorted(state.movie_ids, 3))
+    assert state.rating_count[row] == 40 and state.like_count[row] == 40
+    assert state.popular_score[row] == state.popular_score.max(), "everyone likes movie 3"
+    # decayed popularity never exceeds the like count and halves per half-life of age
+    assert (state.like_popularity <= state.like_count[:, None] + 1e-9).all()
+    # EASE is the closed form over the covered movies
+    liked = ratings.filter(pl.col("rating") >= 3.5)
+    users, user_rows = np.unique(liked["user_id"].to_numpy(), return_inverse=True)
+    cols = np.searchsorted(state.movie_ids, liked["movie_id"].to_numpy())
+    likes = likes_matrix(user_rows, cols, (len(users), len(state.movie_ids)))
+    ease_cols = np.searchsorted(state.movie_ids, state.ease_movie_ids)
+    np.testing.assert_allclose(
+        state.ease_weights, fit_ease(likes[:, ease_cols], PARAMS.ease_lambda), atol=1e-6
+    )
+    assert np.allclose(np.diag(state.ease_weights), 0.0)
+    # neighbours by co-likes stay within a taste group (movie 3, liked by all, aside)
+    comedy = int(np.searchsorted(state.movie_ids, 4))
+    neighbours = state.neighbour_ids[comedy][state.neighbour_ids[comedy] >= 0]
+    assert len(neighbours) and all(m % 3 == 1 or m == 3 for m in neighbours.tolist())
+    # a user's folded-in vector scores their group's movies above the other group's
+    comedy_rows = np.flatnonzero((state.movie_ids % 3 == 1) & np.any(state.als_factors != 0, axis=1))
+    drama_rows = np.flatnonzero((state.movie_ids % 3 == 2) & np.any(state.als_factors != 0, axis=1))
+    vector = fold_in(state.als_factors[comedy_rows[:3]], state.als_gram, PARAMS.als_alpha)
+    assert (state.als_factors[comedy_rows] @ vector).mean() > (state.als_factors[drama_rows] @ vector).mean()
+    assert fold_in(np.empty((0, 4), np.float32), state.als_gram, 2.0) is None
+
+
+def test_recall_state_round_trips_and_aligns_new_movies(world, tmp_path: Path) -> None:
+    _, _movies, state, catalog = world
+    state.save(tmp_path / "recall")
+    loaded = RecallState.load(tmp_path / "recall")
+    assert loaded.params == state.params and loaded.reference_s == state.reference_s
+    np.testing.assert_array_equal(loaded.ease_weights, state.ease_weights)
+    grown = catalog.upserted(
+        pl.DataFrame(
+            {"movie_id": [100], "title": ["New Comedy"], "release_year": [2021], "genres": [["Comedy"]]}
+        )
+    )
+    model = RecallModel.align(loaded, grown.movie_ids, grown.release_years, grown.genre_matrix)
+    row = int(model.positions(np.array([100]))[0])
+    assert not model.in_snapshot[row] and model.popular_score[row] == 0 and model.rating_count[row] == 0
+    donors = model.in_snapshot & model.has_vector & model.genre_matrix[:, GENRES.index("Comedy")]
+    np.testing.assert_allclose(model.vectors[row], model.vectors[donors].mean(axis=0), rtol=1e-5)
+    with pytest.raises(Exception, match="not a readable recall state"):
+        RecallState.load(tmp_path / "missing")
+
+
+def test_recall_channels_and_features_for_warm_and_cold_users(world) -> None:
+    ratings, _, state, catalog = world
+    model = RecallModel.align(state, catalog.movie_ids, catalog.release_years, catalog.genre_matrix)
+    history = UserHistory.from_frame(ratings, 3.5)
+
+    def run(user_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        profile = user_profile(model, *history.latest(user_id), 3.5)
+        eligible = np.ones(len(catalog), dtype=bool)
+        eligible[model.positions(history.rated(user_id))] = False
+        scores = channel_scores(model, profile)
+        hits = (
+            exact_nearest(model, scores.user_vector, ann_limit(model, eligible))
+            if scores.user_vector is not None
+            else np.empty(0, np.int64)
+        )
+        result = recall(model, profile, eligible, 10, scores, hits)
+        assert not set(result.rows.tolist()) & set(model.positions(history.rated(user_id)).tolist())
+        return catalog.movie_ids[result.rows], result.channels, result.features
+
+    ids, channels, features = run(2)  # likes Comedy
+    assert len(ids) == 10 and len(set(ids.tolist())) == 10
+    assert set(channels) >= {"ease", "popular"}
+    assert features.shape == (10, len(CANDIDATE_FEATURES)) and features.dtype == np.float32
+    column = {name: i for i, name in enumerate(CANDIDATE_FEATURES)}
+    comedy = ids % 3 == 1
+    ease = np.nan_to_num(features[:, column["ease_score"]], nan=-1.0)
+    assert ids[np.argmax(ease)] % 3 == 1, "EASE's best candidate is of the user's taste"
+    assert ease[comedy].mean() > ease[ids % 3 == 2].mean()
+    affinity = features[:, column["genre_affinity"]]
+    assert affinity[comedy].min() > affinity[ids % 3 == 2].max(), "genre affinity follows the user's likes"
+    assert np.isfinite(features[:, column["user_rating_count_log"]]).all()
+
+    cold_ids, cold_channels, cold_features = run(999)
+    order = np.lexsort((catalog.movie_ids, -model.popular_score))
+    assert cold_ids.tolist() == catalog.movie_ids[order][:10].tolist(), "cold start: recent popularity"
+    assert set(cold_channels) == {"popular"}
+    assert np.isnan(cold_features[:, column["user_rating_count_log"]]).all()
+    assert np.isnan(cold_features[:, column["ease_score"]]).all()
+
+
+def test_recall_and_candidate_services_with_milvus_lite(world, tmp_path: Path) -> None:
+    ratings, _, state, catalog = world
+    history = UserHistory.from_frame(ratings, 3.5)
+    settings = Settings(workdir=tmp_path, like_threshold=3.5)
+    servicer = RecallServicer(catalog, history, state, "v1", tmp_path, settings, str(tmp_path / "milvus.db"))
 
     async def register(server: grpc.aio.Server) -> list[str]:
-        recall_pb2_grpc.add_RecallServiceServicer_to_server(
-            RecallServicer(catalog, history, index, vectors), server
-        )
+        recall_pb2_grpc.add_RecallServiceServicer_to_server(servicer, server)
         candidates_pb2_grpc.add_CandidateServiceServicer_to_server(
             CandidateServicer(catalog, history), server
         )
@@ -103,31 +244,46 @@ def test_recall_and_candidate_services_with_milvus_lite(tmp_path: Path) -> None:
             candidates = candidates_pb2_grpc.CandidateServiceStub(channel)
             pool = await candidates.GetCandidates(
                 candidates_pb2.GetCandidatesRequest(
-                    user_id=7, context=common_pb2.RecommendContext(exclude_movie_ids=[3])
+                    user_id=2, context=common_pb2.RecommendContext(exclude_movie_ids=[30])
                 )
             )
-            assert list(pool.excluded_movie_ids) == [1, 2, 3, 4] and pool.known_user and pool.pool_size == 8
+            assert pool.known_user and 30 in pool.excluded_movie_ids
 
-            recall = recall_pb2_grpc.RecallServiceStub(channel)
-            reply = await recall.Recall(
-                recall_pb2.RecallRequest(user_id=7, n=6, excluded_movie_ids=pool.excluded_movie_ids)
+            recall_stub = recall_pb2_grpc.RecallServiceStub(channel)
+            reply = await recall_stub.Recall(
+                recall_pb2.RecallRequest(user_id=2, n=10, excluded_movie_ids=pool.excluded_movie_ids)
             )
-            assert reply.user_has_embedding
             ids = list(reply.movie_ids)
-            assert len(ids) == 6 and len(set(ids)) == 6 and not set(ids) & {1, 2, 3, 4}
-            first_embedding = next(m for m, c in zip(ids, reply.channels, strict=True) if c == "embedding")
-            assert first_embedding % 3 == 1, (
-                "the user liked Comedy; the embedding channel must lead with Comedy"
+            assert len(ids) == 10 and len(set(ids)) == 10 and not set(ids) & set(pool.excluded_movie_ids)
+            assert reply.user_has_embedding and reply.model_version == "v1"
+            assert list(reply.feature_names) == list(CANDIDATE_FEATURES)
+            features = np.frombuffer(reply.features, dtype="<f4").reshape(len(ids), len(CANDIDATE_FEATURES))
+            # the service answers what the logic computes offline (exact search instead of Milvus)
+            model = servicer.serving.model
+            profile = user_profile(model, *history.latest(2), 3.5)
+            eligible = np.ones(len(catalog), dtype=bool)
+            eligible[model.positions(np.asarray(pool.excluded_movie_ids))] = False
+            scores = channel_scores(model, profile)
+            offline = recall(
+                model,
+                profile,
+                eligible,
+                10,
+                scores,
+                exact_nearest(model, scores.user_vector, ann_limit(model, eligible)),
             )
+            assert ids == catalog.movie_ids[offline.rows].tolist()
+            np.testing.assert_array_equal(features, offline.features)
 
-            cold = await recall.Recall(recall_pb2.RecallRequest(user_id=999, n=3))
-            assert list(cold.movie_ids) == [12, 11, 10] and set(cold.channels) == {"popular"}
-            assert not cold.user_has_embedding
+            cold = await recall_stub.Recall(recall_pb2.RecallRequest(user_id=999, n=3))
+            assert set(cold.channels) == {"popular"} and not cold.user_has_embedding
+            assert cold.movie_ids[0] == 3, "the most liked movie leads the cold-start list"
 
-            similar = await recall.SimilarMovies(recall_pb2.SimilarMoviesRequest(movie_id=4, k=3))
-            assert similar.found and 4 not in similar.movie_ids
-            assert all(m % 3 == 1 for m in similar.movie_ids)
-            assert not (await recall.SimilarMovies(recall_pb2.SimilarMoviesRequest(movie_id=555, k=3))).found
+            similar = await recall_stub.SimilarMovies(recall_pb2.SimilarMoviesRequest(movie_id=4, k=3))
+            assert similar.found and 4 not in similar.movie_ids and len(similar.movie_ids) == 3
+            assert not (
+                await recall_stub.SimilarMovies(recall_pb2.SimilarMoviesRequest(movie_id=555, k=3))
+            ).found
 
             for bad, message in [
                 (recall_pb2.RecallRequest(user_id=-1, n=5), "user_id"),
@@ -135,10 +291,27 @@ def test_recall_and_candidate_services_with_milvus_lite(tmp_path: Path) -> None:
                 (recall_pb2.RecallRequest(user_id=1, n=5, genres=["Western"]), "unknown genre"),
             ]:
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await recall.Recall(bad)
+                    await recall_stub.Recall(bad)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+
+            # a new movie gets its genre's mean vector, is in Milvus at once and can be found similar
+            servicer.apply_movies(
+                pl.DataFrame(
+                    {
+                        "movie_id": [100],
+                        "title": ["New Comedy"],
+                        "release_year": [2021],
+                        "genres": [["Comedy"]],
+                    }
+                )
+            )
+            row = int(servicer.serving.model.positions(np.array([100]))[0])
+            found, _ = servicer.serving.index.search(servicer.serving.model.vectors[row], limit=30)
+            assert 100 in found[0]
+            similar_new = await recall_stub.SimilarMovies(recall_pb2.SimilarMoviesRequest(movie_id=100, k=3))
+            assert similar_new.found and len(similar_new.movie_ids) == 3
         await running.server.stop(0)
-        index.close()
+        servicer.serving.index.close()
 
     asyncio.run(scenario())
 
@@ -146,35 +319,12 @@ def test_recall_and_candidate_services_with_milvus_lite(tmp_path: Path) -> None:
 def test_vector_index_reuses_complete_collection_and_drops_old_versions(tmp_path: Path) -> None:
     uri = str(tmp_path / "m.db")
     ids, vectors = np.arange(5), np.eye(5, dtype=np.float32)
-    first = VectorIndex(uri, "item2vec", "v1")
+    first = VectorIndex(uri, "als", "v1")
     first.sync(ids, vectors)
-    second = VectorIndex(uri, "item2vec", "v2")
+    second = VectorIndex(uri, "als", "v2")
     second.client = first.client  # one milvus-lite process per file
     second.sync(ids, vectors)
     assert first.client.list_collections() == [second.name]
     found, scores = second.search(vectors[2], limit=2)
     assert found[0, 0] == 2 and scores[0, 0] == pytest.approx(1.0)
     first.close()
-
-
-def test_recall_takes_a_new_movie_with_the_mean_vector_of_its_genre(tmp_path: Path) -> None:
-    catalog, history = _catalog_and_history()
-    vectors = np.where((catalog.movie_ids % 3 == 1)[:, None], [1.0, 0.0], [0.0, 1.0]).astype(np.float32)
-    index = VectorIndex(str(tmp_path / "milvus.db"), "item2vec", "v1")
-    index.sync(catalog.movie_ids, vectors)
-    servicer = RecallServicer(catalog, history, index, vectors)
-    new = pl.DataFrame(
-        {"movie_id": [100], "title": ["New Comedy"], "release_year": [2026], "genres": [["Comedy"]]}
-    )
-    servicer.apply_movies(new)
-    row = int(servicer.catalog.positions([100])[0])
-    comedy = servicer.catalog.genre_mask(("Comedy",)) & (servicer.catalog.movie_ids != 100)
-    np.testing.assert_allclose(servicer.item_vectors[row], vectors[comedy[:-1]].mean(axis=0))
-    found, _ = index.search(servicer.item_vectors[row], limit=20)
-    assert 100 in found[0], "the new movie is in Milvus at once"
-    neighbours, _ = servicer._neighbour_rows(np.array([row]))
-    assert set(servicer.catalog.movie_ids[neighbours[0][neighbours[0] >= 0]][:3]) <= {1, 4, 7, 10}
-    assert servicer.catalog.titles[row] == "New Comedy" and len(servicer.item_vectors) == len(
-        servicer.catalog
-    )
-    index.close()

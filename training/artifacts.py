@@ -5,8 +5,9 @@ Layout of a version (every file is listed with its sha256 in ``manifest.json``):
     manifest.json            format, version, serving model, models, item embeddings, gate, files
     fingerprint.json         sha256 of samples.parquet, feature spec version, row counts per split
     metrics.json             valid/test metrics of every model and of the popularity baseline
-    feature_spec.json        the spec the models were trained with (copied)
+    feature_spec.json        the spec the models were trained with (with their candidate-feature statistics)
     popularity.parquet       the popularity baseline (movie_id, rating_count on train)
+    recall/                  the recall state served with the models (params.json, state.npz)
     <model>/weights.pt       state_dict (torch.save); read back only with torch.load(weights_only=True)
     <model>/config.json      model name, hyperparameters, metrics, epochs, best epoch, history
     item_embeddings/<method>.parquet
@@ -35,6 +36,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from services.recall.state import RecallState
 from starling.errors import StarlingError
 from starling.features.spec import FeatureSpec
 from training.models import build_model
@@ -198,6 +200,7 @@ class Artifact:
     configs: dict[str, dict[str, Any]]
     item_embeddings: dict[str, pl.DataFrame]
     popularity: PopularityScorer
+    recall_state: RecallState | None = None
 
     @property
     def version(self) -> str:
@@ -205,7 +208,7 @@ class Artifact:
 
     @property
     def serving_model(self) -> str:
-        """The model with the best valid AUC; what the ranker serves."""
+        """The model with the best validation NDCG@10 of the served pipeline; what the ranker serves."""
         return self.manifest["serving_model"]
 
     def model(self, name: str | None = None) -> nn.Module:
@@ -213,22 +216,6 @@ class Artifact:
         if name not in self.models:
             raise ArtifactError(f"{self.path}: has no model {name!r} (has {sorted(self.models)})")
         return self.models[name]
-
-    def predict_encoded(self, encoded: Mapping[str, np.ndarray], model_name: str | None = None) -> np.ndarray:
-        """Like probabilities for rows already encoded by ``transform(df, artifact.spec)``."""
-        from training.loop import predict_proba
-        from training.models.base import FEATURE_KEYS
-
-        features = {
-            key: torch.from_numpy(np.require(encoded[key], requirements=["C", "W"])) for key in FEATURE_KEYS
-        }
-        return predict_proba(self.model(model_name), features)
-
-    def predict(self, rows: pl.DataFrame, model_name: str | None = None) -> np.ndarray:
-        """Like probabilities for (user, movie) rows laid out as samples.parquet (features joined in)."""
-        from starling.features.transform import transform
-
-        return self.predict_encoded(transform(rows, self.spec), model_name)
 
 
 def load_artifact(path: Path) -> Artifact:
@@ -272,4 +259,5 @@ def load_artifact(path: Path) -> Artifact:
         method: pl.read_parquet(path / relative) for method, relative in manifest["item_embeddings"].items()
     }
     popularity = PopularityScorer.load(path / manifest["popularity"])
-    return Artifact(path, manifest, spec, models, configs, item_embeddings, popularity)
+    recall_state = RecallState.load(path / manifest["recall_state"]) if manifest.get("recall_state") else None
+    return Artifact(path, manifest, spec, models, configs, item_embeddings, popularity, recall_state)

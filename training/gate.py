@@ -1,5 +1,5 @@
-"""The quality gate: a ranking model is published only if it trained to finite losses and its valid AUC is
-above the popularity baseline's valid AUC."""
+"""The quality gate: a version is published only if every model trained to finite losses and the serving model
+(the best on the served pipeline's validation NDCG@10) beats the popularity baseline on the same users."""
 
 from __future__ import annotations
 
@@ -9,21 +9,29 @@ from starling.errors import StarlingError
 
 
 class QualityGateError(StarlingError):
-    """The new version was written but not published: at least one model failed the quality gate."""
+    """The new version was written but not published: the quality gate refused it."""
 
 
 def gate_failures(
-    valid_aucs: Mapping[str, float | None], failures: Mapping[str, str | None], popularity_valid_auc: float
+    valid_ndcgs: Mapping[str, float | None],
+    failures: Mapping[str, str | None],
+    popularity_valid_ndcg: float,
+    serving_model: str | None,
 ) -> dict[str, str]:
-    """Reason (with the numbers) for every model that must not be published; empty when all pass."""
+    """Reason (with the numbers) for every model that must not be published; empty when the version passes."""
     refused: dict[str, str] = {}
-    for name, valid_auc in valid_aucs.items():
+    for name, valid_ndcg in valid_ndcgs.items():
         if failures.get(name):
             refused[name] = f"training failed: {failures[name]}"
-        elif valid_auc is None:
-            refused[name] = "no valid AUC was measured"
-        elif not valid_auc > popularity_valid_auc:
-            refused[name] = (
-                f"valid AUC {valid_auc:.4f} is not above the popularity baseline's {popularity_valid_auc:.4f}"
+        elif valid_ndcg is None:
+            refused[name] = "no validation NDCG@10 was measured"
+    if serving_model is not None and serving_model not in refused:
+        valid_ndcg = valid_ndcgs[serving_model]
+        if not valid_ndcg > popularity_valid_ndcg:
+            refused[serving_model] = (
+                f"the served pipeline's validation NDCG@10 {valid_ndcg:.4f} is not above the popularity "
+                f"baseline's {popularity_valid_ndcg:.4f}"
             )
+    if serving_model is None and not refused:
+        refused["(none)"] = "no model trained"
     return refused

@@ -1,8 +1,11 @@
-"""The one training loop every ranking model shares, and batched prediction.
+"""The training loops the ranking models share, and batched prediction.
 
-Whole-split tensors are sliced into large batches with a shuffled permutation (no per-row DataLoader). Adam on
-BCE-with-logits; after every epoch the valid AUC decides early stopping, and the best weights are restored.
-A non-finite loss stops training and is reported (the quality gate then refuses the model).
+Whole-split tensors are sliced into large batches (no per-row DataLoader); Adam; the best epoch's weights are
+restored; a non-finite loss stops training and is reported (the quality gate then refuses the model).
+
+:func:`fit_ranking`: recalled candidates grouped per user request, a listwise softmax loss (ListNet: each
+group's positives share a target distribution), early stopping on the valid groups' NDCG@10 (relevant movies
+that recall missed count as misses); the per-group AUC is recorded as a diagnostic.
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from starling.config import get_settings
-from training.data import EncodedSplit
+from training.ltr import EncodedGroups
 from training.models.base import ModelConfig
-from training.ranking_metrics import auc, logloss
 
 PREDICT_BATCH_SIZE = 65_536
 
@@ -34,6 +36,7 @@ class EpochStats:
     valid_auc: float | None  # None when the epoch's loss was not finite
     valid_logloss: float | None
     seconds: float
+    valid_ndcg: float | None = None  # fit_ranking: mean NDCG@10 of the valid groups
 
 
 @dataclass
@@ -41,6 +44,7 @@ class FitResult:
     history: list[EpochStats] = field(default_factory=list)
     best_epoch: int | None = None
     best_valid_auc: float | None = None
+    best_valid_ndcg: float | None = None
     #: Why training was aborted (non-finite loss), or None.
     failure: str | None = None
     seconds: float = 0.0
@@ -87,35 +91,61 @@ def predict_logits(
     return torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
 
 
-def predict_proba(
-    model: nn.Module, features: Mapping[str, torch.Tensor], batch_size: int = PREDICT_BATCH_SIZE
-) -> np.ndarray:
-    """Probabilities of a like: sigmoid of :func:`predict_logits`."""
-    return torch.sigmoid(torch.from_numpy(predict_logits(model, features, batch_size))).numpy()
+def _group_rows(offsets: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of ``groups`` (in that order) and each row's position among ``groups``."""
+    sizes = offsets[groups + 1] - offsets[groups]
+    local = np.repeat(np.arange(len(groups)), sizes)
+    rows = (
+        np.repeat(offsets[groups], sizes)
+        + np.arange(sizes.sum())
+        - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    )
+    return rows, local
 
 
-def fit(
+def listwise_loss(
+    logits: torch.Tensor, labels: torch.Tensor, group: torch.Tensor, groups: int
+) -> torch.Tensor:
+    """Mean over groups with a positive of the cross-entropy between the group's softmax over its rows and
+    the uniform distribution over its positive rows (ListNet with binary relevance)."""
+    top = torch.zeros(groups, device=logits.device, dtype=logits.dtype).scatter_reduce(
+        0, group, logits.detach(), reduce="amax", include_self=False
+    )
+    shifted = logits - top[group]
+    denominator = torch.zeros(groups, device=logits.device, dtype=logits.dtype).index_add(
+        0, group, torch.exp(shifted)
+    )
+    log_softmax = shifted - torch.log(denominator[group])
+    positives = torch.zeros(groups, device=logits.device, dtype=logits.dtype).index_add(0, group, labels)
+    weights = labels / positives.clamp_min(1.0)[group]
+    return -(weights * log_softmax).sum() / (positives > 0).sum().clamp_min(1)
+
+
+def fit_ranking(
     model: nn.Module,
-    train: EncodedSplit,
-    valid: EncodedSplit,
+    train: EncodedGroups,
+    valid: EncodedGroups,
     config: ModelConfig,
     device: torch.device | None = None,
     description: str = "train",
 ) -> FitResult:
-    """Train ``model`` in place; on return it holds the weights of its best valid-AUC epoch."""
+    """Train ``model`` in place on grouped candidates; on return it holds its best valid-NDCG@10 epoch."""
+    from training.ranking_metrics import grouped_auc, grouped_ndcg
+
     seed_everything(config.seed)
     device = device or training_device()
     model.to(device)
-    train = train.to(device)
+    features = {key: value.to(device) for key, value in train.features.items()}
+    labels = train.labels.to(device)
     valid_features = {key: value.to(device) for key, value in valid.features.items()}
     valid_labels = valid.labels.numpy()
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    n_rows = len(train)
-    batches_per_epoch = -(-n_rows // config.batch_size)
+    sizes = np.diff(train.offsets)
+    groups_per_batch = max(1, int(config.batch_size // max(sizes.mean(), 1.0)))
+    batches_per_epoch = -(-train.groups // groups_per_batch)
 
     result = FitResult(device=str(device))
     best_state: dict[str, torch.Tensor] | None = None
@@ -131,42 +161,45 @@ def fit(
         epoch_started = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(n_rows, generator=generator).to(device)
-        for start in range(0, n_rows, config.batch_size):
-            rows = order[start : start + config.batch_size]
-            batch = {key: value[rows] for key, value in train.features.items()}
-            loss = loss_fn(model(batch), train.labels[rows])
+        order = torch.randperm(train.groups, generator=generator).numpy()
+        for start in range(0, train.groups, groups_per_batch):
+            rows, local = _group_rows(train.offsets, order[start : start + groups_per_batch])
+            rows_t = torch.from_numpy(rows).to(device)
+            batch = {key: value[rows_t] for key, value in features.items()}
+            n_groups = int(local[-1]) + 1
+            logits, group = model(batch), torch.from_numpy(local).to(device)
+            columns = logits.unsqueeze(1) if logits.dim() == 1 else logits  # ensembles: one loss per member
+            loss = sum(
+                listwise_loss(columns[:, j], labels[rows_t], group, n_groups) for j in range(columns.shape[1])
+            )
             optimizer.zero_grad(set_to_none=True)
-            (loss / len(rows)).backward()
+            loss.backward()
             optimizer.step()
-            loss_sum += loss.detach()
+            loss_sum += loss.detach() * n_groups
             bar.update()
-        train_loss = float(loss_sum) / n_rows  # one device sync per epoch
+        train_loss = float(loss_sum) / max(train.groups, 1)  # one device sync per epoch
         if not np.isfinite(train_loss):
             result.failure = f"non-finite training loss ({train_loss}) in epoch {epoch}"
             result.history.append(
                 EpochStats(epoch, train_loss, None, None, time.perf_counter() - epoch_started)
             )
             break
-        probabilities = predict_proba(model, valid_features)
-        if not np.isfinite(probabilities).all():
-            result.failure = f"non-finite valid predictions after epoch {epoch}"
+        scores = predict_logits(model, valid_features)
+        if not np.isfinite(scores).all():
+            result.failure = f"non-finite valid scores after epoch {epoch}"
             result.history.append(
                 EpochStats(epoch, train_loss, None, None, time.perf_counter() - epoch_started)
             )
             break
-        valid_auc = auc(valid_labels, probabilities)
+        valid_ndcg = float(np.nanmean(grouped_ndcg(scores, valid_labels, valid.offsets, valid.n_relevant)))
+        valid_auc = float(np.nanmean(grouped_auc(scores, valid_labels, valid.offsets)))
         stats = EpochStats(
-            epoch,
-            train_loss,
-            valid_auc,
-            logloss(valid_labels, probabilities),
-            time.perf_counter() - epoch_started,
+            epoch, train_loss, valid_auc, None, time.perf_counter() - epoch_started, valid_ndcg=valid_ndcg
         )
         result.history.append(stats)
-        bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", valid_auc=f"{valid_auc:.4f}")
-        if result.best_valid_auc is None or valid_auc > result.best_valid_auc:
-            result.best_epoch, result.best_valid_auc = epoch, valid_auc
+        bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", valid_ndcg=f"{valid_ndcg:.4f}")
+        if result.best_valid_ndcg is None or valid_ndcg > result.best_valid_ndcg:
+            result.best_epoch, result.best_valid_ndcg, result.best_valid_auc = epoch, valid_ndcg, valid_auc
             best_state = copy.deepcopy(
                 {key: value.detach().cpu() for key, value in model.state_dict().items()}
             )

@@ -78,3 +78,48 @@ def logloss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) ->
         )
     clipped = np.clip(probabilities, eps, 1.0 - eps)
     return float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log1p(-clipped)))
+
+
+def grouped_ndcg(
+    scores: np.ndarray, labels: np.ndarray, offsets: np.ndarray, n_relevant: np.ndarray, k: int = 10
+) -> np.ndarray:
+    """NDCG@k of each group (rows offsets[g]:offsets[g+1]) ranked by score (ties: earlier row first).
+
+    Binary relevance; the ideal DCG counts ``n_relevant[g]`` relevant items, so relevant items that are not
+    among the group's rows (not recalled) count as misses. Groups without relevant items get NaN.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    sizes = np.diff(offsets)
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    order = np.lexsort((np.arange(len(scores)), -scores, group))
+    rank = np.arange(len(order)) - offsets[group[order]]
+    hit = (np.asarray(labels)[order] > 0) & (rank < k)
+    dcg = np.bincount(group[order][hit], weights=1.0 / np.log2(rank[hit] + 2.0), minlength=len(sizes))
+    ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))])
+    idcg = ideal[np.minimum(np.asarray(n_relevant), k)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(idcg > 0, dcg / idcg, np.nan)
+
+
+def grouped_auc(scores: np.ndarray, labels: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """ROC AUC within each group (average ranks for ties); NaN for groups lacking a class."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels) > 0
+    sizes = np.diff(offsets)
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    order = np.lexsort((scores, group))
+    sorted_group, sorted_scores = group[order], scores[order]
+    # average rank within the group for tied scores: the middle of each (group, score) run, 1-based
+    key_change = np.r_[
+        True, (sorted_group[1:] != sorted_group[:-1]) | (sorted_scores[1:] != sorted_scores[:-1])
+    ]
+    run = np.cumsum(key_change) - 1
+    run_start = np.flatnonzero(key_change)
+    run_end = np.r_[run_start[1:], len(order)]
+    ranks = (run_start[run] + run_end[run] - 1) / 2.0 - offsets[sorted_group] + 1.0
+    positives = np.bincount(group, weights=labels, minlength=len(sizes))
+    negatives = sizes - positives
+    rank_sum = np.bincount(group[order], weights=np.where(labels[order], ranks, 0.0), minlength=len(sizes))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
+    return np.where((positives > 0) & (negatives > 0), auc, np.nan)

@@ -28,14 +28,20 @@ ScoreChunk = Callable[[np.ndarray], np.ndarray]
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and scores of the k best items per row, best first (argpartition, then a sort of k).
+    """Indices and scores of the k best items per row, best first.
 
-    Ties are broken by the lower item index so results are deterministic.
+    Ties are broken by the lower item index, also at the k-th place, so results are deterministic.
     """
     n_items = scores.shape[1]
     k = min(k, n_items)
     if k < n_items:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
+        better = scores > kth
+        tied = scores == kth
+        still_needed = k - better.sum(axis=1, keepdims=True)
+        chosen = better | (tied & (np.cumsum(tied, axis=1) <= still_needed))
+        part = np.nonzero(chosen)[1].reshape(scores.shape[0], k)
     else:
         part = np.broadcast_to(np.arange(n_items), scores.shape).copy()
     part_scores = np.take_along_axis(scores, part, axis=1)

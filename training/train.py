@@ -1,15 +1,26 @@
-"""`starling train`: train ranking model(s), write a versioned artifact, gate it, publish it.
+"""`starling train`: rank for top-N. Train ranking model(s) on what recall returns, select them on the served
+pipeline's validation NDCG@10, write a versioned artifact with the recall state, gate it, publish it.
 
-Steps: load and encode the splits once (training/data.py) -> fit each model with the shared loop
-(training/loop.py) -> score valid and test -> (``--model all``) item embeddings -> write the version
-(training/artifacts.py) -> quality gate against popularity (training/gate.py) -> swap ``models/current``.
+Steps (each a function below):
+1. the validation task (users who liked something between the valid and the test cut-off) and the recall
+   parameters tuned on it (the popular channel's half-life);
+2. training windows before the valid cut-off (training/ltr.py): at each, the snapshot of that moment
+   (training/replay.py) recalls candidates for the users who went on to like something; labels = liked next;
+3. the feature spec gets the candidate features' statistics (fitted on the training candidates only);
+4. every model trains with a listwise loss (training/loop.py: fit_ranking), early-stopped on the valid groups;
+5. every model is replayed through the whole served pipeline at the valid cut-off (recall, ranking, cold
+   path, re-ranking); the best validation NDCG@10 serves; the quality gate refuses it unless it beats the
+   popularity baseline on the same users;
+6. the serving recall state is fitted on every rating, the version written and ``models/current`` swapped.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,83 +28,54 @@ import numpy as np
 import polars as pl
 from torch import nn
 
+from services.recall.state import STATE_DIR, RecallParams, RecallState
+from services.rerank.logic import RerankRules, load_rules
+from starling.config import get_settings
 from starling.errors import StarlingError
-from training.artifacts import (
-    VersionWriter,
-    current_version,
-    data_fingerprint,
-    new_version,
+from starling.features.spec import FeatureSpec
+from training.artifacts import VersionWriter, current_version, data_fingerprint, new_version
+from training.artifacts import publish as publish_version
+from training.baselines import (
+    RetrievalTask,
+    broadcast,
+    list_metrics,
+    per_user_metrics,
+    popularity_vector,
+    retrieval_task,
+    tune_recent_popularity,
 )
-from training.artifacts import (
-    publish as publish_version,
-)
-from training.data import EncodedSplit, TrainingData, load_training_data
 from training.gate import QualityGateError, gate_failures
-from training.loop import FitResult, fit, predict_proba, seed_everything, training_device
+from training.loop import FitResult, fit_ranking, seed_everything, training_device
+from training.ltr import (
+    CandidateSet,
+    EncodedGroups,
+    WindowConfig,
+    build_candidate_set,
+    encode_candidate_sets,
+    sample_users,
+    training_windows,
+    window_targets,
+)
 from training.models import MODELS, build_model
 from training.models.base import ModelConfig
 from training.plots import plot_learning_curves
 from training.popularity import PopularityScorer
-from training.ranking_metrics import auc, logloss, pr_auc
+from training.replay import OfflinePipeline, Ranker, Snapshot, snapshot_as_of
 
 DEFAULT_MAX_EPOCHS = 10
-EMBEDDING_METHODS = ("item2vec", "two_tower")
+#: Per-model defaults over ModelConfig's: the dense ranker learns best with small towers, a higher rate and
+#: more epochs, and averages five of them (the best epoch on the valid groups is kept).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rank_mlp": {
+        "hidden_units": (64, 32),
+        "learning_rate": 3e-3,
+        "max_epochs": 30,
+        "patience": 5,
+        "ensemble": 5,
+    },
+}
 ALL = "all"
-
-
-def split_metrics(labels: np.ndarray, scores: np.ndarray, probabilities: bool = True) -> dict[str, float]:
-    """AUC and PR-AUC of ``scores``; log loss too when they are probabilities."""
-    metrics = {"auc": auc(labels, scores), "pr_auc": pr_auc(labels, scores)}
-    if probabilities:
-        metrics["logloss"] = logloss(labels, scores)
-    return metrics
-
-
-@dataclass
-class ModelOutcome:
-    name: str
-    config: ModelConfig
-    fit: FitResult
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> metric -> value
-
-    @property
-    def valid_auc(self) -> float | None:
-        return self.metrics.get("valid", {}).get("auc")
-
-
-@dataclass
-class TrainReport:
-    version: str
-    path: Path
-    published: bool
-    serving_model: str | None
-    popularity_metrics: dict[str, dict[str, float]]
-    outcomes: dict[str, ModelOutcome]
-    item_embeddings: list[str]
-    row_counts: dict[str, int]
-    seconds: float
-
-    def summary(self) -> str:
-        lines = [
-            f"version {self.version} -> {self.path}",
-            "rows: " + ", ".join(f"{name} {count:,}" for name, count in self.row_counts.items()),
-            f"{'model':<14} {'epochs':>6} {'best':>4} {'valid AUC':>9} {'test AUC':>9} {'seconds':>8}",
-        ]
-        for name, outcome in self.outcomes.items():
-            valid = outcome.metrics.get("valid", {}).get("auc", float("nan"))
-            test = outcome.metrics.get("test", {}).get("auc", float("nan"))
-            lines.append(
-                f"{name:<14} {len(outcome.fit.history):>6} {outcome.fit.best_epoch or 0:>4} {valid:>9.4f} "
-                f"{test:>9.4f} {outcome.fit.seconds:>8.1f}"
-            )
-        popularity_valid = self.popularity_metrics["valid"]["auc"]
-        popularity_test = self.popularity_metrics.get("test", {}).get("auc", float("nan"))
-        lines.append(f"{'popularity':<14} {'':>6} {'':>4} {popularity_valid:>9.4f} {popularity_test:>9.4f}")
-        if self.item_embeddings:
-            lines.append(f"item embeddings: {', '.join(self.item_embeddings)}")
-        state = "published as current" if self.published else "not published (--no-publish)"
-        lines.append(f"serving model: {self.serving_model}; {state}; {self.seconds:.1f} s")
-        return "\n".join(lines)
+SELECTION_K = 50  # lists replayed for selection and evaluation (NDCG@10 reads the first 10)
 
 
 def model_names_for(model_name: str) -> list[str]:
@@ -104,84 +86,282 @@ def model_names_for(model_name: str) -> list[str]:
     return [model_name]
 
 
+# ------------------------------------------------------------------------------------------------ inputs
+def split_cutoffs(workdir: Path, ratings: pl.DataFrame) -> tuple[datetime, datetime]:
+    """(valid cut-off, test cut-off) of `features build`'s time split; for a leave-last-out build, the time
+    cut-offs the same fractions would give (the ranker learns from time windows either way)."""
+    from starling.features.split import SplitConfig, assign_split
+
+    path = Path(workdir) / "features" / "split.json"
+    if not path.is_file():
+        raise StarlingError(f"{path} not found: run `starling features build {workdir}` first")
+    split = json.loads(path.read_text())
+    if split.get("kind") == "time" and split.get("valid_cutoff") and split.get("test_cutoff"):
+        return datetime.fromisoformat(split["valid_cutoff"]), datetime.fromisoformat(split["test_cutoff"])
+    config = SplitConfig("time", split.get("valid_frac", 0.1) or 0.1, split.get("test_frac", 0.1) or 0.1)
+    seconds = ratings["event_timestamp"].dt.epoch("us").to_numpy()
+    _, info = assign_split(ratings["user_id"].to_numpy(), seconds, ratings["movie_id"].to_numpy(), config)
+    if info.valid_cutoff is None or info.test_cutoff is None:
+        raise StarlingError(f"{workdir}: too few ratings for a validation and a test period")
+    return info.valid_cutoff, info.test_cutoff
+
+
+@dataclass
+class RankingData:
+    """Everything model training and selection read; built once per `starling train`."""
+
+    ratings: pl.DataFrame
+    movies: pl.DataFrame
+    base_spec: FeatureSpec  # `features build`'s spec (vocabularies, entity statistics)
+    spec: FeatureSpec  # plus the candidate features' statistics
+    params: RecallParams
+    valid_cutoff: datetime
+    test_cutoff: datetime
+    valid_task: RetrievalTask
+    valid_snapshot: Snapshot
+    valid_set: CandidateSet
+    train_sets: list[CandidateSet]
+    train: EncodedGroups
+    valid: EncodedGroups  # the valid groups of users with history (those the ranker serves)
+    windows: list[tuple[datetime, datetime]]
+    tuning: dict[str, Any] = field(default_factory=dict)
+    spec_path: Path | None = None
+    samples_path: Path | None = None
+
+    def row_counts(self) -> dict[str, int]:
+        return {
+            "train_candidates": len(self.train),
+            "train_groups": self.train.groups,
+            "valid_candidates": len(self.valid_set),
+            "valid_users": len(self.valid_task.user_ids),
+        }
+
+
+def prepare_ranking_data(
+    workdir: Path, windows: WindowConfig | None = None, params: RecallParams | None = None
+) -> RankingData:
+    """Steps 1-3 of the module docstring."""
+    from starling.features.inputs import load_inputs
+
+    workdir = Path(workdir)
+    windows = windows or WindowConfig()
+    settings = get_settings()
+    spec_path = workdir / "features" / "feature_spec.json"
+    base_spec = FeatureSpec.load(spec_path)
+    ratings, movies = load_inputs(workdir)
+    valid_cutoff, test_cutoff = split_cutoffs(workdir, ratings)
+    catalog_ids = movies["movie_id"].to_numpy()
+    valid_task = retrieval_task(
+        "valid", ratings, catalog_ids, valid_cutoff, test_cutoff, settings.like_threshold
+    )
+    if len(valid_task.user_ids) == 0:
+        raise StarlingError(f"{workdir}: nobody liked a new movie in the validation period; cannot select")
+    tuned = tune_recent_popularity(valid_task)
+    params = params or RecallParams(popular_half_life_days=float(tuned.params["half_life_days"]))
+    recall_size = settings.recall_size
+
+    train_sets = []
+    chosen = training_windows(ratings, valid_cutoff, windows)
+    for start, end in chosen:  # one snapshot per training window
+        snapshot = snapshot_as_of(ratings, movies, start, params, settings.like_threshold)
+        targets = window_targets(ratings, start, end, settings.like_threshold)
+        users = np.unique(targets["user_id"].to_numpy())
+        if not windows.include_cold:
+            users = users[np.isin(users, snapshot.history.user_ids)]
+        users = sample_users(users, windows.max_users, salt=start.isoformat())
+        if len(users):
+            train_sets.append(
+                build_candidate_set(start.date().isoformat(), snapshot, targets, users, recall_size)
+            )
+    if not train_sets:
+        raise StarlingError(
+            f"{workdir}: no training window before the valid cut-off {valid_cutoff:%Y-%m-%d} has users with "
+            "history who liked something next; more data (or a smaller --horizon) is needed"
+        )
+    valid_snapshot = snapshot_as_of(ratings, movies, valid_cutoff, params, settings.like_threshold)
+    valid_targets = window_targets(ratings, valid_cutoff, test_cutoff, settings.like_threshold)
+    valid_set = build_candidate_set("valid", valid_snapshot, valid_targets, valid_task.user_ids, recall_size)
+
+    spec = base_spec.with_candidate_stats(pl.concat([s.frame() for s in train_sets]))
+    learnable = [s.select(np.flatnonzero(np.add.reduceat(s.labels, s.offsets[:-1]) > 0)) for s in train_sets]
+    learnable = [s for s in learnable if s.groups]
+    if not learnable:
+        raise StarlingError(f"{workdir}: recall found none of the movies liked in any training window")
+    warm_valid = valid_set.select(np.flatnonzero(valid_set.known))
+    if warm_valid.groups == 0:
+        raise StarlingError(f"{workdir}: no validation user had history before {valid_cutoff:%Y-%m-%d}")
+    return RankingData(
+        ratings=ratings,
+        movies=movies,
+        base_spec=base_spec,
+        spec=spec,
+        params=params,
+        valid_cutoff=valid_cutoff,
+        test_cutoff=test_cutoff,
+        valid_task=valid_task,
+        valid_snapshot=valid_snapshot,
+        valid_set=valid_set,
+        train_sets=learnable,
+        train=encode_candidate_sets(learnable, spec),
+        valid=encode_candidate_sets([warm_valid], spec),
+        windows=chosen,
+        tuning={"popular_half_life_days": tuned.grid},
+        spec_path=spec_path,
+        samples_path=workdir / "features" / "samples.parquet",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- selection
+def pipeline_lists(
+    snapshot: Snapshot, users: np.ndarray, ranker: Ranker | None, rules: RerankRules, recall_size: int
+) -> list[np.ndarray]:
+    """The served pipeline's top-SELECTION_K list for each user (one replayed request per user)."""
+    pipeline = OfflinePipeline(snapshot, ranker, rules, recall_size)
+    return [pipeline.recommend(int(u), SELECTION_K).movie_ids for u in users.tolist()]
+
+
+def pipeline_valid_ndcg(data: RankingData, model: nn.Module, rules: RerankRules) -> np.ndarray:
+    """Per-user NDCG@10 of the whole served pipeline with ``model`` at the valid cut-off."""
+    ranker = Ranker.build(model, data.spec, data.valid_snapshot)
+    lists = pipeline_lists(
+        data.valid_snapshot, data.valid_task.user_ids, ranker, rules, get_settings().recall_size
+    )
+    return list_metrics(data.valid_task, lists)["ndcg@10"]
+
+
+@dataclass
+class ModelOutcome:
+    name: str
+    config: ModelConfig
+    fit: FitResult
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pipeline_ndcg(self) -> float | None:
+        return self.metrics.get("pipeline_valid_ndcg@10")
+
+
+def train_one(
+    name: str, data: RankingData, config: ModelConfig, rules: RerankRules
+) -> tuple[nn.Module, ModelOutcome]:
+    """Fit one model on the training candidates; replay the pipeline with it on validation."""
+    seed_everything(config.seed)
+    model = build_model(name, data.spec, config)
+    result = fit_ranking(model, data.train, data.valid, config, training_device(), description=name)
+    model = model.cpu().eval()
+    outcome = ModelOutcome(name, config, result)
+    if result.failure is None:
+        outcome.metrics = {
+            "ranker_valid_ndcg@10": result.best_valid_ndcg,
+            "ranker_valid_auc": result.best_valid_auc,
+            "pipeline_valid_ndcg@10": float(pipeline_valid_ndcg(data, model, rules).mean()),
+        }
+    return model, outcome
+
+
+@dataclass
+class TrainReport:
+    version: str
+    path: Path
+    published: bool
+    serving_model: str | None
+    baselines: dict[str, float]
+    outcomes: dict[str, ModelOutcome]
+    row_counts: dict[str, int]
+    seconds: float
+
+    def summary(self) -> str:
+        lines = [
+            f"version {self.version} -> {self.path}",
+            "rows: " + ", ".join(f"{name} {count:,}" for name, count in self.row_counts.items()),
+            "validation NDCG@10 (ranker: its valid candidates; pipeline: the served path, all valid users)",
+            f"{'model':<14} {'epochs':>6} {'best':>4} {'ranker':>8} {'pipeline':>9} {'AUC':>7} {'seconds':>8}",
+        ]
+        for name, outcome in self.outcomes.items():
+            m = outcome.metrics
+            lines.append(
+                f"{name:<14} {len(outcome.fit.history):>6} {outcome.fit.best_epoch or 0:>4} "
+                f"{m.get('ranker_valid_ndcg@10', float('nan')):>8.4f} "
+                f"{m.get('pipeline_valid_ndcg@10', float('nan')):>9.4f} "
+                f"{m.get('ranker_valid_auc', float('nan')):>7.4f} {outcome.fit.seconds:>8.1f}"
+            )
+        for name, value in self.baselines.items():
+            lines.append(f"{name:<14} {'':>6} {'':>4} {'':>8} {value:>9.4f}")
+        state = "published as current" if self.published else "not published (--no-publish)"
+        lines.append(f"serving model: {self.serving_model}; {state}; {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- the command
 def train_command(
-    workdir: Path, model_name: str, epochs: int | None = None, publish: bool = True
+    workdir: Path,
+    model_name: str,
+    epochs: int | None = None,
+    publish: bool = True,
+    windows: WindowConfig | None = None,
+    configs: dict[str, ModelConfig] | None = None,
 ) -> TrainReport:
-    """Train ``model_name`` (or every model and the item embeddings for ``all``) into a new version."""
+    """Train ``model_name`` (or every model for ``all``) into a new version."""
     names = model_names_for(model_name)
     if epochs is not None and epochs < 1:
         raise StarlingError(f"--epochs must be at least 1 (got {epochs})")
-    config = ModelConfig(max_epochs=epochs or DEFAULT_MAX_EPOCHS)
-    data = load_training_data(workdir)
-    methods = EMBEDDING_METHODS if model_name == ALL else ()
-    return run_training(workdir, data, names, config, publish=publish, embedding_methods=methods)
+    configs = {name: (configs or {}).get(name) or default_config(name, epochs) for name in names}
+    data = prepare_ranking_data(workdir, windows)
+    return run_training(
+        workdir, data, names, default_config(names[0], epochs), publish=publish, configs=configs,
+    )  # fmt: skip
 
 
-def train_one(name: str, data: TrainingData, config: ModelConfig) -> tuple[nn.Module, ModelOutcome]:
-    """Fit one model and score it on valid and test (skipped when training failed)."""
-    seed_everything(config.seed)
-    model = build_model(name, data.spec, config)
-    result = fit(
-        model, data.splits["train"], data.splits["valid"], config, training_device(), description=name
-    )
-    outcome = ModelOutcome(name, config, result)
-    if result.failure is None:
-        for split_name in ("valid", "test"):
-            split: EncodedSplit = data.splits[split_name]
-            if len(split):
-                probabilities = predict_proba(model, split.features)
-                outcome.metrics[split_name] = split_metrics(split.labels.numpy(), probabilities)
-    return model.cpu(), outcome
-
-
-def train_item_embeddings_for(workdir: Path, data: TrainingData, method: str) -> pl.DataFrame:
-    """Item embeddings from training/embeddings/ (imported lazily: it is a separate component)."""
-    from training.embeddings import train_item_embeddings
-
-    frame = train_item_embeddings(workdir, data.spec, method)
-    missing = [column for column in ("movie_id", "embedding") if column not in frame.columns]
-    if missing:
-        raise StarlingError(f"item embeddings ({method}) lack columns {missing}")
-    return frame
+def default_config(name: str, epochs: int | None = None) -> ModelConfig:
+    """ModelConfig's defaults with the model's own (MODEL_DEFAULTS); ``epochs`` caps the epochs."""
+    values: dict[str, Any] = {"max_epochs": DEFAULT_MAX_EPOCHS, **MODEL_DEFAULTS.get(name, {})}
+    if epochs is not None:
+        values["max_epochs"] = epochs
+    return ModelConfig(**values)
 
 
 def run_training(
     workdir: Path,
-    data: TrainingData,
+    data: RankingData,
     model_names: Sequence[str],
     config: ModelConfig,
     publish: bool = True,
-    embedding_methods: Sequence[str] = (),
     configs: dict[str, ModelConfig] | None = None,
 ) -> TrainReport:
-    """Train, write the version, apply the quality gate, and publish. ``configs`` overrides per model."""
+    """Steps 4-6: train, select, write the version, gate, publish. ``configs`` overrides per model."""
+    from training.recall_fit import fit_recall_state
+
     started = time.perf_counter()
-    train_split, valid_split, test_split = (data.splits[name] for name in ("train", "valid", "test"))
-    popularity = PopularityScorer.fit(train_split.movie_ids)
-    popularity_metrics = {
-        split.name: split_metrics(
-            split.labels.numpy(), popularity.score(split.movie_ids), probabilities=False
-        )
-        for split in (valid_split, test_split)
-        if len(split)
+    settings = get_settings()
+    rules = load_rules(settings.rerank_rules) if settings.rerank_rules else load_rules()
+    baselines = {
+        "popularity": float(
+            per_user_metrics(data.valid_task, broadcast(popularity_vector(data.valid_task)))["ndcg@10"].mean()
+        ),
+        "popular_channel": float(
+            list_metrics(
+                data.valid_task,
+                pipeline_lists(
+                    data.valid_snapshot, data.valid_task.user_ids, None, rules, settings.recall_size
+                ),
+            )["ndcg@10"].mean()
+        ),
     }
     models: dict[str, nn.Module] = {}
     outcomes: dict[str, ModelOutcome] = {}
     for name in model_names:
-        model_config = (configs or {}).get(name, config)
-        models[name], outcomes[name] = train_one(name, data, model_config)
-    item_embeddings = {
-        method: train_item_embeddings_for(workdir, data, method) for method in embedding_methods
-    }
-
-    refused = gate_failures(
-        {name: outcome.valid_auc for name, outcome in outcomes.items()},
-        {name: outcome.fit.failure for name, outcome in outcomes.items()},
-        popularity_metrics["valid"]["auc"],
-    )
-    passing = {name: o.valid_auc for name, o in outcomes.items() if name not in refused and o.valid_auc}
-    measured = passing or {name: o.valid_auc for name, o in outcomes.items() if o.valid_auc is not None}
+        models[name], outcomes[name] = train_one(name, data, (configs or {}).get(name, config), rules)
+    measured = {name: o.pipeline_ndcg for name, o in outcomes.items() if o.pipeline_ndcg is not None}
     serving_model = max(measured, key=measured.__getitem__) if measured else None
+    refused = gate_failures(
+        {name: outcomes[name].pipeline_ndcg for name in outcomes},
+        {name: o.fit.failure for name, o in outcomes.items()},
+        baselines["popularity"],
+        serving_model,
+    )
+    recall_state = fit_recall_state(
+        data.ratings, data.movies["movie_id"].to_numpy(), data.params, settings.like_threshold
+    )
 
     fingerprint = data_fingerprint(data.samples_path, data.spec, data.row_counts())
     models_dir = Path(workdir) / "models"
@@ -189,17 +369,9 @@ def run_training(
     writer = VersionWriter(models_dir, version)
     try:
         path = _write_version(
-            writer,
-            data,
-            models,
-            outcomes,
-            popularity,
-            popularity_metrics,
-            item_embeddings,
-            fingerprint,
-            serving_model,
-            refused,
-        )
+            writer, data, models, outcomes, baselines, recall_state, fingerprint,
+            serving_model, refused,
+        )  # fmt: skip
     except BaseException:
         writer.abandon()
         raise
@@ -212,35 +384,26 @@ def run_training(
     if publish:
         publish_version(models_dir, version)
     return TrainReport(
-        version,
-        path,
-        publish,
-        serving_model,
-        popularity_metrics,
-        outcomes,
-        list(item_embeddings),
-        data.row_counts(),
-        time.perf_counter() - started,
-    )
+        version, path, publish, serving_model, baselines, outcomes,
+        data.row_counts(), time.perf_counter() - started,
+    )  # fmt: skip
 
 
 def _write_version(
     writer: VersionWriter,
-    data: TrainingData,
+    data: RankingData,
     models: dict[str, nn.Module],
     outcomes: dict[str, ModelOutcome],
-    popularity: PopularityScorer,
-    popularity_metrics: dict[str, dict[str, float]],
-    item_embeddings: dict[str, pl.DataFrame],
+    baselines: dict[str, float],
+    recall_state: RecallState,
     fingerprint: dict[str, Any],
     serving_model: str | None,
     refused: dict[str, str],
 ) -> Path:
-    if data.spec_path is not None:
-        writer.add_copy(data.spec_path, "feature_spec.json")
-    else:
-        data.spec.save(writer.path("feature_spec.json"))
-    popularity.save(writer.path("popularity.parquet"))
+    data.spec.save(writer.path("feature_spec.json"))
+    train_history = data.ratings.filter(pl.col("event_timestamp") < data.valid_cutoff)
+    PopularityScorer.fit(train_history["movie_id"].to_numpy()).save(writer.path("popularity.parquet"))
+    recall_state.save(writer.path(f"{STATE_DIR}/params.json").parent)
     for name, outcome in outcomes.items():
         writer.add_model(
             name,
@@ -256,18 +419,29 @@ def _write_version(
         )
         if outcome.fit.history:
             plot_learning_curves(outcome.fit.history, writer.path(f"learning_curves/{name}.png"), name)
-    for method, frame in item_embeddings.items():
-        writer.add_parquet(f"item_embeddings/{method}.parquet", frame)
-    metrics = {
-        "popularity": popularity_metrics,
-        "models": {name: outcome.metrics for name, outcome in outcomes.items()},
-    }
     gate = {
         "passed": not refused,
-        "popularity_valid_auc": popularity_metrics["valid"]["auc"],
+        "metric": "pipeline_valid_ndcg@10",
+        "popularity_valid_ndcg@10": baselines["popularity"],
         "refused": refused,
     }
-    writer.add_json("metrics.json", {**metrics, "gate": gate})
+    training = {
+        "valid_cutoff": data.valid_cutoff.isoformat(),
+        "test_cutoff": data.test_cutoff.isoformat(),
+        "windows": [[start.isoformat(), end.isoformat()] for start, end in data.windows],
+        "recall_params": data.params.to_dict(),
+        "tuning": data.tuning,
+        "rows": data.row_counts(),
+    }
+    writer.add_json(
+        "metrics.json",
+        {
+            "baselines_valid_ndcg@10": baselines,
+            "models": {name: outcome.metrics for name, outcome in outcomes.items()},
+            "gate": gate,
+            "training": training,
+        },
+    )
     writer.add_json("fingerprint.json", fingerprint)
     return writer.commit(
         {
@@ -276,18 +450,27 @@ def _write_version(
             "feature_spec": "feature_spec.json",
             "feature_spec_version": data.spec.version,
             "popularity": "popularity.parquet",
+            "recall_state": STATE_DIR,
             "models": {
                 name: {
                     "weights": f"{name}/weights.pt",
                     "config": f"{name}/config.json",
-                    "valid_auc": outcome.valid_auc,
+                    "pipeline_valid_ndcg@10": outcome.pipeline_ndcg,
                 }
                 for name, outcome in outcomes.items()
             },
-            "item_embeddings": {method: f"item_embeddings/{method}.parquet" for method in item_embeddings},
+            "item_embeddings": {},
             "gate": gate,
+            "training": training,
         }
     )
 
 
-__all__ = ["ModelOutcome", "TrainReport", "run_training", "train_command"]
+__all__ = [
+    "ModelOutcome",
+    "RankingData",
+    "TrainReport",
+    "prepare_ranking_data",
+    "run_training",
+    "train_command",
+]

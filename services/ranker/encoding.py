@@ -1,10 +1,11 @@
 """Serving-side use of the one transform (starling.features.transform).
 
-A request scores one user against N movies. Movie features change only when features are materialized,
-so the movie half of every row is encoded once per cache refresh; per request only the user's single row
-is encoded (from plain values, no DataFrame), then both halves are combined column by column. Because the
-transform encodes each column independently, the result is identical to transforming the fully joined rows
-(tests/test_ranker.py checks).
+A request scores one user against N recalled movies. Movie features change only when features are
+materialized, so the movie half of every row is encoded once per cache refresh; per request only the user's
+single row (from plain values, no DataFrame) and the candidates' features from recall are encoded, then the
+parts are combined column by column. Because the transform encodes each column independently, the result is
+identical to transforming the fully joined rows (tests/test_ranker.py checks). Training encodes its candidate
+sets with this same encoder (training/ltr.py), so training and serving share one encoding path.
 """
 
 from __future__ import annotations
@@ -14,13 +15,20 @@ from collections.abc import Mapping
 import numpy as np
 import polars as pl
 
-from starling.features.spec import MOVIE_FEATURE_COLUMNS, NUMERIC_FIELDS, USER_FEATURE_COLUMNS, FeatureSpec
+from starling.features.spec import (
+    CANDIDATE_FEATURES,
+    MOVIE_FEATURE_COLUMNS,
+    NUMERIC_FIELDS,
+    USER_FEATURE_COLUMNS,
+    FeatureSpec,
+)
 from starling.features.transform import (
     GENRE_COLUMNS,
     ID_COLUMNS,
     NULL_ID,
     FeatureColumns,
     columns_from_frame,
+    encode_numeric,
     transform_columns,
 )
 
@@ -39,12 +47,15 @@ def _null_of(column: str) -> object:
 def user_columns(user_id: int, features: Mapping[str, object]) -> FeatureColumns:
     """One user's row as transform input, from plain values (e.g. a Feast online read); None = null.
 
-    The movie half is null: :meth:`ServingEncoder.encode` takes movie columns from its own cache.
+    The movie half and the candidate features are null: :meth:`ServingEncoder.encode` takes movie columns
+    from its own cache and candidate features from the request.
     """
     columns: FeatureColumns = {"user_id": np.array([user_id], dtype=np.int64)}
     for column in (*USER_FEATURE_COLUMNS, "movie_id", *MOVIE_FEATURE_COLUMNS):  # ~20 columns, one row
         value = features.get(column)
         columns[column] = np.array([_null_of(column) if value is None else value])
+    for column in CANDIDATE_FEATURES:
+        columns[column] = np.array([np.nan])
     return columns
 
 
@@ -61,11 +72,12 @@ class ServingEncoder:
         self.movie_ids = movies["movie_id"].to_numpy().astype(np.int64)
         # A last all-null row stands for any movie missing from the cache.
         nulls = [pl.lit(None).alias(column) for column in ("user_id", *USER_FEATURE_COLUMNS)]
+        nulls += [pl.lit(None, dtype=pl.Float64).alias(column) for column in spec.candidate_stats]
         movies = pl.concat(
             [movies, pl.DataFrame({"movie_id": [None]}, schema={"movie_id": pl.Int64})],
             how="diagonal_relaxed",
         ).with_columns(nulls)
-        self.movie_encoded = transform_columns(columns_from_frame(movies), spec)
+        self.movie_encoded = transform_columns(columns_from_frame(movies, spec.numeric_fields), spec)
 
     def movie_rows(self, movie_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Encoded-row index for each movie id (the null row for unknown ids) and a found mask."""
@@ -75,13 +87,34 @@ class ServingEncoder:
         found = self.movie_ids[pos] == movie_ids
         return np.where(found, pos, len(self.movie_ids)), found
 
-    def encode(self, user: FeatureColumns, movie_ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Encoded batch for one user (see :func:`user_columns`) and N movies."""
+    def encode(
+        self, user: FeatureColumns, movie_ids: np.ndarray, candidate_features: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Encoded batch for one user (see :func:`user_columns`) and N movies.
+
+        ``candidate_features`` [N, len(CANDIDATE_FEATURES)] (recall's, NaN = missing) is required when the
+        spec carries candidate statistics (a ranker trained on recalled candidates) and ignored otherwise.
+        """
         n = len(movie_ids)
         user_encoded = transform_columns(user, self.spec)
         rows, _ = self.movie_rows(np.asarray(movie_ids, dtype=np.int64))
         out = {key: np.repeat(user_encoded[key], n, axis=0) for key in USER_KEYS}
         out.update({key: self.movie_encoded[key][rows] for key in MOVIE_KEYS})
+        n_entity = len(NUMERIC_FIELDS)
         for key in MIXED_KEYS:
-            out[key] = np.where(MOVIE_NUMERIC_COLUMNS, self.movie_encoded[key][rows], user_encoded[key])
+            out[key] = np.where(
+                MOVIE_NUMERIC_COLUMNS,
+                self.movie_encoded[key][rows, :n_entity],
+                user_encoded[key][:, :n_entity],
+            )
+        if self.spec.candidate_stats:
+            if candidate_features is None or candidate_features.shape != (n, len(CANDIDATE_FEATURES)):
+                got = None if candidate_features is None else list(candidate_features.shape)
+                raise ValueError(
+                    f"candidate_features must be [{n}, {len(CANDIDATE_FEATURES)}] (one row per movie, "
+                    f"columns {', '.join(CANDIDATE_FEATURES)}), got {got}"
+                )
+            encoded = encode_numeric(candidate_features.astype(np.float64), self.spec, first=n_entity)
+            for key in MIXED_KEYS:
+                out[key] = np.concatenate([out[key], encoded[key]], axis=1)
         return out

@@ -1,12 +1,15 @@
 """The ranking model as a KServe ``Model``: load / preprocess / predict over the Open Inference Protocol v2.
 
-Request inputs: ``user_id`` INT64 [1] and ``movie_ids`` INT64 [N]. Outputs: ``scores`` FP32 [N] (like
-probabilities) and ``user_features_found`` BOOL [1].
+Request inputs: ``user_id`` INT64 [1], ``movie_ids`` INT64 [N] and ``candidate_features`` FP32 [N, F] (what
+recall computed for each candidate: starling.features.spec.CANDIDATE_FEATURES, in order; NaN = missing).
+Outputs: ``scores`` FP32 [N] (the ranking model's scores, squashed into (0, 1); higher = rank first) and
+``user_features_found`` BOOL [1].
 
 - load: the published artifact (WORKDIR/models/current), the movie-feature cache read from the Feast online
   store for every catalog movie, encoded once (see encoding.py);
-- preprocess: the user's row from the Feast online store (one key) + cached movie rows -> encoded batch;
-- predict: the torch model on CUDA when present, else CPU.
+- preprocess: the user's row from the Feast online store (one key) + cached movie rows + the candidate
+  features -> encoded batch;
+- predict: the torch model on CUDA when present, else CPU (services/ranker/scoring.py).
 A background thread polls for a newly published model or a new materialization, builds the new state off
 the request path and swaps it in with one assignment: requests in flight finish on the state they started with.
 """
@@ -27,13 +30,13 @@ from kserve.errors import InvalidInput
 
 from services.common.observability import FEATURE_FRESHNESS, MODEL_INFO
 from services.ranker.encoding import ServingEncoder, blank_user, user_columns
+from services.ranker.scoring import score_encoded
 from starling import events
 from starling.config import Settings, get_settings
 from starling.events import MOVIE_STREAM, EventFollower
-from starling.features.spec import MOVIE_FEATURE_COLUMNS, USER_FEATURE_COLUMNS
+from starling.features.spec import CANDIDATE_FEATURES, MOVIE_FEATURE_COLUMNS, USER_FEATURE_COLUMNS
 from starling.featurestore import MOVIE_VIEW, USER_VIEW, get_feature_store, registry_path
 from training.artifacts import Artifact, load_artifact, resolve_artifact
-from training.models.base import FEATURE_KEYS
 
 log = logging.getLogger("starling.ranker")
 USER_REFS = [f"{USER_VIEW}:{column}" for column in USER_FEATURE_COLUMNS]
@@ -113,9 +116,8 @@ class RankerModel(Model):
     def _warm_up(self, model: torch.nn.Module, encoder: ServingEncoder, movie_ids: np.ndarray) -> None:
         """One online read and one forward pass, so the first real request pays no one-off costs."""
         self.user_features(0)
-        encoded = encoder.encode(blank_user(0), movie_ids)
-        with torch.inference_mode():
-            model({key: torch.from_numpy(encoded[key]).to(self.device) for key in FEATURE_KEYS})
+        features = np.full((len(movie_ids), len(CANDIDATE_FEATURES)), np.nan, dtype=np.float32)
+        score_encoded(model, encoder.encode(blank_user(0), movie_ids, features), self.device)
 
     def _install(self, state: RankerState) -> None:
         previous = self.state
@@ -177,6 +179,18 @@ class RankerModel(Model):
             )
         user_ids = inputs["user_id"].as_numpy().reshape(-1)
         movie_ids = inputs["movie_ids"].as_numpy().reshape(-1)
+        candidate_features = None
+        if "candidate_features" in inputs:
+            candidate_features = inputs["candidate_features"].as_numpy()
+            if candidate_features.dtype != np.float32:
+                raise InvalidInput("candidate_features must be an FP32 tensor")
+            if candidate_features.shape != (movie_ids.size, len(CANDIDATE_FEATURES)):
+                raise InvalidInput(
+                    f"candidate_features must be [{movie_ids.size}, {len(CANDIDATE_FEATURES)}] (one row per "
+                    f"movie id; columns {', '.join(CANDIDATE_FEATURES)}), got {list(candidate_features.shape)}"
+                )
+            if np.isinf(candidate_features).any():
+                raise InvalidInput("candidate_features must be finite numbers or NaN (missing)")
         if user_ids.size != 1:
             raise InvalidInput(f"user_id must hold exactly one id, got {user_ids.size}")
         if not np.issubdtype(user_ids.dtype, np.integer) or not np.issubdtype(movie_ids.dtype, np.integer):
@@ -188,18 +202,21 @@ class RankerModel(Model):
         if user_ids[0] < 0 or movie_ids.min() < 0:
             raise InvalidInput("ids must be >= 0")
         state = self.state
+        if state.artifact.spec.candidate_stats and candidate_features is None:
+            raise InvalidInput(
+                f"missing input candidate_features: model {state.artifact.version} ranks recalled candidates "
+                f"with FP32 [N, {len(CANDIDATE_FEATURES)}] features ({', '.join(CANDIDATE_FEATURES)})"
+            )
         user_id = int(user_ids[0])
         values, found = self.user_features(user_id)
-        encoded = state.encoder.encode(user_columns(user_id, values), movie_ids.astype(np.int64))
+        encoded = state.encoder.encode(
+            user_columns(user_id, values), movie_ids.astype(np.int64), candidate_features
+        )
         return state, encoded, found, payload.id
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> InferResponse:
         state, encoded, found, request_id = payload
-        features = {
-            key: torch.from_numpy(np.ascontiguousarray(encoded[key])).to(self.device) for key in FEATURE_KEYS
-        }
-        with torch.inference_mode():
-            scores = torch.sigmoid(state.model(features)).float().cpu().numpy().reshape(-1)
+        scores = score_encoded(state.model, encoded, self.device)
         scores_out = InferOutput("scores", shape=[len(scores)], datatype="FP32")
         scores_out.set_data_from_numpy(scores, binary_data=True)
         found_out = InferOutput("user_features_found", shape=[1], datatype="BOOL")

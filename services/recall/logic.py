@@ -1,12 +1,16 @@
-"""Multi-channel recall as plain functions over catalog arrays.
+"""Multi-channel recall as plain functions over catalog arrays (one user per call, as a request is served).
 
-Channels (each returns catalog row positions, best first, already restricted to the eligible pool):
-- embedding: nearest movies to the user's embedding (mean of liked-movie embeddings), from the vector index;
-- item2item: nearest movies to each recently liked movie;
-- genre: the most popular movies of the user's top genres (by liked-movie genre counts);
-- popular: the most rated movies.
+Channels (each returns catalog rows, best first, already restricted to the eligible pool):
+- ease: EASE scores of the user's likes (services/recall/state.py);
+- item2item: co-liked neighbours of the user's recent likes, weighted by how recent each like is;
+- embedding: nearest ALS item vectors to the user's folded-in vector (Milvus online, exact search offline);
+- new: the most popular recent releases;
+- genre: the most popular movies of the genres of the user's recent likes;
+- popular: like popularity with a tuned half-life; the whole list for users without history (cold start).
 :func:`merge_channels` applies per-channel quotas, removes duplicates (the first channel in priority order
-keeps a movie), refills unused quota from the other channels, and interleaves channels in proportion.
+keeps a movie), fills what is left from the popular channel, and interleaves channels in proportion.
+:func:`recall` runs it all and computes every candidate's features for the ranker (features.py). The recall
+service and the offline evaluation (training/replay.py) both call :func:`recall`.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.catalog import Catalog
+from services.recall.features import ChannelScores, UserProfile, candidate_features, top_genres
+from services.recall.state import RecallModel
 
-CHANNEL_PRIORITY = ("embedding", "item2item", "genre", "popular")
-DEFAULT_QUOTAS = {"embedding": 250, "item2item": 100, "genre": 75, "popular": 75}
+CHANNEL_PRIORITY = ("ease", "item2item", "embedding", "new", "genre", "popular")
 
 
 @dataclass(frozen=True)
@@ -43,34 +47,6 @@ def keep_eligible(
     _, first = np.unique(positions, return_index=True)
     first.sort()
     return positions[first], scores[first]
-
-
-def popular_channel(
-    popularity_order: np.ndarray, rating_counts: np.ndarray, eligible: np.ndarray, n: int
-) -> ChannelResult:
-    """``popularity_order``: catalog rows sorted by rating count, most rated first (precomputed once)."""
-    rows = popularity_order[eligible[popularity_order]][:n]
-    return ChannelResult("popular", rows, rating_counts[rows].astype(np.float32))
-
-
-def user_top_genres(catalog: Catalog, liked_positions: np.ndarray, top: int = 3) -> np.ndarray:
-    """Genre columns of the user's liked movies, most frequent first (ties: lower column first)."""
-    if len(liked_positions) == 0:
-        return np.empty(0, dtype=np.int64)
-    counts = catalog.genre_matrix[liked_positions].sum(axis=0)
-    order = np.lexsort((np.arange(len(counts)), -counts))
-    return order[counts[order] > 0][:top]
-
-
-def genre_channel(
-    catalog: Catalog, popularity_order: np.ndarray, liked_positions: np.ndarray, eligible: np.ndarray, n: int
-) -> ChannelResult:
-    genres = user_top_genres(catalog, liked_positions)
-    if len(genres) == 0:
-        return ChannelResult.empty("genre")
-    in_genres = catalog.genre_matrix[:, genres].any(axis=1)
-    rows = popularity_order[(eligible & in_genres)[popularity_order]][:n]
-    return ChannelResult("genre", rows, catalog.rating_counts[rows].astype(np.float32))
 
 
 def nearest_channel(
@@ -130,3 +106,106 @@ def merge_channels(
     order = np.lexsort((channel_index, rank_in_channel / shares[channel_index]))
     names = np.asarray([c.name for c in ordered], dtype=object)
     return rows[order], scores[order], names[channel_index[order]]
+
+
+def ordered_channel(
+    name: str, order: np.ndarray, scores: np.ndarray, eligible: np.ndarray, n: int
+) -> ChannelResult:
+    """The first ``n`` eligible rows of a precomputed ``order`` (catalog rows), with ``scores[row]``."""
+    rows = order[eligible[order]][:n]
+    return ChannelResult(name, rows, scores[rows].astype(np.float32))
+
+
+def scored_channel(name: str, scores: np.ndarray | None, eligible: np.ndarray, n: int) -> ChannelResult:
+    """The ``n`` eligible rows with the highest positive ``scores`` (dense over catalog rows); ties by row."""
+    if scores is None or n <= 0:
+        return ChannelResult.empty(name)
+    candidates = np.flatnonzero(eligible & (scores > 0))
+    if len(candidates) > n:
+        candidates = candidates[np.argpartition(-scores[candidates], n - 1)[:n]]
+    candidates = candidates[np.lexsort((candidates, -scores[candidates]))]
+    return ChannelResult(name, candidates, scores[candidates].astype(np.float32))
+
+
+def ann_limit(model: RecallModel, eligible: np.ndarray) -> int:
+    """How many nearest vectors to ask the index for: the quota plus every ineligible movie with a vector."""
+    return model.params.quotas.get("embedding", 0) + int((model.has_vector & ~eligible).sum())
+
+
+def exact_nearest(model: RecallModel, query: np.ndarray, limit: int) -> np.ndarray:
+    """The ``limit`` catalog rows whose vectors have the largest inner product with ``query`` (exact search,
+    what the vector index answers online; ties by row)."""
+    rows = np.flatnonzero(model.has_vector)
+    scores = model.vectors[rows] @ query
+    if len(rows) > limit:
+        top = np.argpartition(-scores, limit - 1)[:limit]
+        rows, scores = rows[top], scores[top]
+    return rows[np.lexsort((rows, -scores))]
+
+
+def embedding_channel(
+    model: RecallModel, query: np.ndarray | None, hit_rows: np.ndarray, eligible: np.ndarray
+) -> ChannelResult:
+    """Nearest-neighbour hits (catalog rows; -1 = unknown) re-scored exactly here, so that the index's float
+    arithmetic never decides the order: online and offline give the same channel."""
+    if query is None or len(hit_rows) == 0:
+        return ChannelResult.empty("embedding")
+    rows = np.unique(hit_rows[hit_rows >= 0])
+    rows = rows[eligible[rows] & model.has_vector[rows]]
+    scores = model.vectors[rows] @ query
+    order = np.lexsort((rows, -scores))[: model.params.quotas.get("embedding", 0)]
+    return ChannelResult("embedding", rows[order], scores[order].astype(np.float32))
+
+
+@dataclass(frozen=True)
+class RecallResult:
+    rows: np.ndarray  # catalog rows of the candidates, in merged order
+    scores: np.ndarray  # float32: each candidate's score in the channel that found it
+    channels: np.ndarray  # object: that channel's name
+    features: np.ndarray  # float32 [candidates, len(CANDIDATE_FEATURES)]
+    user_vector: np.ndarray | None  # the user's ALS vector (None without likes with a vector)
+    top_genres: np.ndarray  # genre columns of the user's recent likes, most frequent first
+
+
+def recall(
+    model: RecallModel,
+    profile: UserProfile,
+    eligible: np.ndarray,
+    n: int,
+    scores: ChannelScores,
+    ann_rows: np.ndarray,
+) -> RecallResult:
+    """Candidates for one user: every channel, merged with quotas to at most ``n`` rows, with features.
+
+    ``scores`` come from :func:`channel_scores`; ``ann_rows`` are the vector index's hits for
+    ``scores.user_vector`` (ask for :func:`ann_limit` of them). Users without history get the popular list
+    only (the cold-start list, shaped by the request's genres through ``eligible``).
+    """
+    quotas = model.params.quotas
+    channels = [ordered_channel("popular", model.popularity_order, model.popular_score, eligible, n)]
+    if profile.is_known:
+        genres = top_genres(model, profile)
+        if len(genres):
+            in_genres = eligible & model.genre_matrix[:, genres].any(axis=1)
+            channels.append(
+                ordered_channel(
+                    "genre", model.popularity_order, model.popular_score, in_genres, quotas.get("genre", 0)
+                )
+            )
+        channels += [
+            scored_channel("ease", scores.ease, eligible, quotas.get("ease", 0)),
+            scored_channel("item2item", scores.item2item, eligible, quotas.get("item2item", 0)),
+            embedding_channel(model, scores.user_vector, ann_rows, eligible),
+            ordered_channel(
+                "new",
+                model.new_release_order,
+                model.like_popularity[:, 0],
+                eligible,
+                quotas.get("new", 0),
+            ),
+        ]
+    else:
+        genres = np.empty(0, dtype=np.int64)
+    rows, channel_score, names = merge_channels(channels, quotas, n)
+    features = candidate_features(model, profile, rows, scores)
+    return RecallResult(rows, channel_score, names, features, scores.user_vector, genres)

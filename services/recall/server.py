@@ -1,9 +1,15 @@
-"""RecallService over gRPC: transport only; channels and merging are in services/recall/logic.py."""
+"""RecallService over gRPC: transport only; channels, merging and features are in services/recall/logic.py.
+
+Serves from the published artifact's recall state (models/current/recall, see state.py) aligned with the
+live catalog; user histories follow the feedback log, the catalog follows upserts, and a newly published
+artifact is picked up by a background check (the new state is built off the request path and swapped in).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -15,43 +21,48 @@ from services.common.errors import InvalidArgument, check_id, check_ids, check_k
 from services.common.following import start_following, start_following_catalog
 from services.common.history import UserHistory
 from services.common.server import run_service
+from services.recall.features import channel_scores, user_profile
 from services.recall.logic import (
-    DEFAULT_QUOTAS,
     ChannelResult,
-    genre_channel,
-    merge_channels,
+    ann_limit,
     nearest_channel,
-    popular_channel,
-    user_top_genres,
+    ordered_channel,
+    recall,
 )
-from services.recall.vector_index import VectorIndex, neighbour_table
-from starling.config import get_settings
+from services.recall.state import RecallModel, RecallState
+from services.recall.vector_index import MAX_LIMIT, VectorIndex
+from starling.config import Settings, get_settings
 from starling.errors import StarlingError
+from starling.features.spec import CANDIDATE_FEATURES
 from starling.v1 import recall_pb2, recall_pb2_grpc
 
 log = logging.getLogger("starling.recall")
 
 MAX_RECALL = 2000
-RECENT_LIKES = 5
-RECENT_TASTE = 10  # the user's current taste: genres of their 10 most recent likes
-NEIGHBOURS = 50  # precomputed item-to-item neighbours per movie
+ANN_MARGIN = 16  # extra index hits, so that float ties at the index's cut-off never change the channel
 
 
-def load_item_vectors(workdir: Path, method: str, catalog: Catalog) -> tuple[np.ndarray, str]:
-    """The published item embeddings aligned with catalog rows (zeros where missing), and the model version."""
-    current = workdir / "models" / "current"
-    path = current / "item_embeddings" / f"{method}.parquet"
-    if not path.is_file():
-        raise StarlingError(f"{path} not found: run `starling train {workdir} --model all` first")
-    frame = pl.read_parquet(path)
-    column = frame["embedding"]
-    if column.dtype == pl.List:
-        column = column.list.to_array(int(column.list.len().max()))
-    vectors = column.to_numpy().astype(np.float32)
-    aligned = np.zeros((len(catalog), vectors.shape[1]), dtype=np.float32)
-    pos = catalog.positions(frame["movie_id"].to_numpy())
-    aligned[pos[pos >= 0]] = vectors[pos >= 0]
-    return aligned, current.resolve().name
+@dataclass(frozen=True)
+class ServingState:
+    """One published version as recall serves it: swapped as a whole on reload."""
+
+    version: str
+    path: Path
+    model: RecallModel
+    index: VectorIndex | None
+
+
+def load_recall_state(workdir: Path) -> tuple[RecallState, str, Path]:
+    """The published artifact's recall state, its version and its directory."""
+    from training.artifacts import load_artifact, resolve_artifact
+
+    path = resolve_artifact(workdir).resolve()
+    artifact = load_artifact(path)  # checks every file against the manifest
+    if artifact.recall_state is None:
+        raise StarlingError(
+            f"{path}: the artifact has no recall state; retrain with `starling train {workdir}`"
+        )
+    return artifact.recall_state, artifact.version, path
 
 
 class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
@@ -59,115 +70,113 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         self,
         catalog: Catalog,
         history: UserHistory,
-        index: VectorIndex | None,
-        item_vectors: np.ndarray | None,
-        quotas: dict[str, int] = DEFAULT_QUOTAS,
+        state: RecallState,
+        version: str,
+        path: Path,
+        settings: Settings,
+        index_uri: str | None,
     ) -> None:
         self.catalog = catalog
         self.history = history
-        self.index = index
-        self.item_vectors = item_vectors
-        self.quotas = quotas
-        self.popularity_order = np.lexsort((catalog.movie_ids, -catalog.rating_counts))
-        # Item-to-item neighbours of every catalog movie (movie ids, -1 = none), precomputed from the index.
-        self.neighbours = np.full((len(catalog), NEIGHBOURS), -1, dtype=np.int64)
-        self.neighbour_scores = np.full((len(catalog), NEIGHBOURS), -np.inf, dtype=np.float32)
-        has_vector = np.flatnonzero(np.any(item_vectors != 0, axis=1)) if item_vectors is not None else []
-        if index is not None and len(has_vector):
-            ids, scores = neighbour_table(
-                index, catalog.movie_ids[has_vector], item_vectors[has_vector], NEIGHBOURS
-            )
-            self.neighbours[has_vector], self.neighbour_scores[has_vector] = ids, scores
+        self.settings = settings
+        self.index_uri = index_uri
+        self.serving = self._build(state, version, path, catalog)
 
-    def _neighbour_rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Neighbours of the movies at ``positions`` as catalog rows (-1 = none) and their scores."""
-        ids = self.neighbours[positions]
-        return self.catalog.positions(ids.ravel()).reshape(ids.shape), self.neighbour_scores[positions]
+    # ------------------------------------------------------------------------------------------ state
+    def _build(self, state: RecallState, version: str, path: Path, catalog: Catalog) -> ServingState:
+        model = RecallModel.align(state, catalog.movie_ids, catalog.release_years, catalog.genre_matrix)
+        index = None
+        if self.index_uri is not None:
+            index = VectorIndex(self.index_uri, "als", version)
+            has_vector = model.has_vector
+            index.sync(catalog.movie_ids[has_vector], model.vectors[has_vector])
+            if has_vector.any():  # warm up: the first search pays for loading the collection
+                index.search(model.vectors[has_vector][:1], 10)
+        return ServingState(version, path, model, index)
 
     def apply_movies(self, movies: pl.DataFrame) -> None:
-        """Catalog upserts from the event log: new movies get a vector at once, are in Milvus and can be
-        recalled right away. A new movie's vector is the mean of the vectors of movies with all its genres
-        (of movies sharing any of its genres when none has all), the design's cold-start rule."""
-        old = self.catalog
-        catalog = old.upserted(movies)
-        before = old.positions(catalog.movie_ids)
-        found = before >= 0
-        safe = np.where(found, before, 0)
-        vectors = np.where(found[:, None], self.item_vectors[safe], 0.0).astype(np.float32)
-        neighbours = np.where(found[:, None], self.neighbours[safe], -1)
-        neighbour_scores = np.where(found[:, None], self.neighbour_scores[safe], -np.inf).astype(np.float32)
-        new_rows = catalog.positions(movies["movie_id"].unique().to_numpy())
-        new_rows = new_rows[~np.any(vectors[new_rows] != 0, axis=1)]
-        has_vector = np.any(vectors != 0, axis=1)
-        for row in new_rows.tolist():  # one per new movie in the batch (a handful)
-            genres = catalog.genre_matrix[row]
-            if not genres.any():
-                continue
-            with_all = has_vector & catalog.genre_matrix[:, genres].all(axis=1)
-            donors = with_all if with_all.any() else has_vector & catalog.genre_matrix[:, genres].any(axis=1)
-            if donors.any():
-                vectors[row] = vectors[donors].mean(axis=0)
-        added = new_rows[np.any(vectors[new_rows] != 0, axis=1)]
-        if self.index is not None and len(added):
-            self.index.upsert(catalog.movie_ids[added], vectors[added])
-            ids, scores = neighbour_table(self.index, catalog.movie_ids[added], vectors[added], NEIGHBOURS)
-            neighbours[added], neighbour_scores[added] = ids, scores
-        self.item_vectors, self.neighbours, self.neighbour_scores = vectors, neighbours, neighbour_scores
-        self.popularity_order = np.lexsort((catalog.movie_ids, -catalog.rating_counts))
+        """Catalog upserts from the event log: new movies get a vector at once (RecallModel's cold-start rule),
+        are in Milvus and can be recalled and found by SimilarMovies right away."""
+        serving = self.serving
+        catalog = self.catalog.upserted(movies)
+        model = RecallModel.align(
+            serving.model.state, catalog.movie_ids, catalog.release_years, catalog.genre_matrix
+        )
+        changed = np.flatnonzero(
+            np.isin(catalog.movie_ids, movies["movie_id"].to_numpy()) & ~model.in_snapshot & model.has_vector
+        )
+        if serving.index is not None and len(changed):
+            serving.index.upsert(catalog.movie_ids[changed], model.vectors[changed])
         self.catalog = catalog
+        self.serving = ServingState(serving.version, serving.path, model, serving.index)
+
+    def reload_if_published(self) -> bool:
+        """Swap in a newly published artifact's recall state (blocking; run it off the event loop)."""
+        from training.artifacts import resolve_artifact
+
+        try:
+            current = resolve_artifact(self.settings.workdir).resolve()
+        except StarlingError:  # a publish in progress or a removed pointer: keep serving what we have
+            return False
+        if current == self.serving.path:
+            return False
+        state, version, path = load_recall_state(self.settings.workdir)
+        self.serving = self._build(state, version, path, self.catalog)
+        log.info("reloaded recall state", extra={"version": version})
+        return True
+
+    async def watch(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(self.reload_if_published)
+            except Exception:
+                log.exception("reload failed; still serving the previous recall state")
 
     async def _nearest(
-        self, queries: np.ndarray, limit: int, timeout: float | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        assert self.index is not None
-        ids, scores = await asyncio.to_thread(self.index.search, queries, limit, timeout)
-        return self.catalog.positions(ids.ravel()).reshape(ids.shape), scores
+        self, index: VectorIndex, model: RecallModel, query: np.ndarray, limit: int, timeout: float | None
+    ) -> np.ndarray:
+        ids, _ = await asyncio.to_thread(index.search, query, min(limit, MAX_LIMIT), timeout)
+        return model.positions(ids.ravel())
 
+    # ------------------------------------------------------------------------------------------ RPCs
     async def Recall(self, request: recall_pb2.RecallRequest, context: grpc.aio.ServicerContext):
         user_id = check_id(request.user_id, "user_id")
         n = request.n
         if not 1 <= n <= MAX_RECALL:
             raise InvalidArgument(f"n must be between 1 and {MAX_RECALL}, got {n}")
         excluded = check_ids(request.excluded_movie_ids, "excluded_movie_ids", limit=1_000_000)
+        serving, catalog = self.serving, self.catalog
+        model = serving.model
         try:
-            eligible = self.catalog.genre_mask(tuple(request.genres))
+            eligible = catalog.genre_mask(tuple(request.genres))
         except ValueError as exc:
             raise InvalidArgument(f"genres: {exc}") from exc
-        excluded_pos = self.catalog.positions(excluded)
+        excluded_pos = model.positions(excluded)
         eligible[excluded_pos[excluded_pos >= 0]] = False
 
-        liked = self.catalog.positions(self.history.liked(user_id))
-        liked = liked[liked >= 0]
-        channels: list[ChannelResult] = []
-        timeout = context.time_remaining()
-        has_embedding = self.index is not None and len(liked) > 0
-        if has_embedding:
-            user_vector = self.item_vectors[liked].mean(axis=0)
-            # Ask for the quota plus as many as may be filtered out (result parsing in pymilvus costs ~2 us a hit).
-            want = self.quotas["embedding"]
-            rows, scores = await self._nearest(user_vector, want + int((~eligible).sum()), timeout)
-            channels.append(nearest_channel("embedding", rows, scores, eligible, want + n // 2))
-            recent = liked[:RECENT_LIKES]
-            channels.append(
-                nearest_channel(
-                    "item2item",
-                    *self._neighbour_rows(recent),
-                    eligible,
-                    self.quotas["item2item"] + n // 2,
-                )
+        profile = user_profile(model, *self.history.latest(user_id), self.settings.like_threshold)
+        scores = channel_scores(model, profile)
+        ann_rows = np.empty(0, dtype=np.int64)
+        if (
+            scores.user_vector is not None
+            and serving.index is not None
+            and model.params.quotas.get("embedding")
+        ):
+            limit = ann_limit(model, eligible) + ANN_MARGIN
+            ann_rows = await self._nearest(
+                serving.index, model, scores.user_vector, limit, context.time_remaining()
             )
-        channels.append(genre_channel(self.catalog, self.popularity_order, liked, eligible, n))
-        channels.append(popular_channel(self.popularity_order, self.catalog.rating_counts, eligible, n))
-        rows, scores, names = merge_channels(channels, self.quotas, n)
+        result = recall(model, profile, eligible, n, scores, ann_rows)
         return recall_pb2.RecallResponse(
-            movie_ids=self.catalog.movie_ids[rows].tolist(),
-            scores=scores.tolist(),
-            channels=names.tolist(),
-            user_has_embedding=has_embedding,
-            user_top_genres=[
-                self.catalog.genre_names[g]
-                for g in user_top_genres(self.catalog, liked[:RECENT_TASTE]).tolist()
-            ],
+            movie_ids=model.movie_ids[result.rows].tolist(),
+            scores=result.scores.tolist(),
+            channels=result.channels.tolist(),
+            user_has_embedding=result.user_vector is not None,
+            user_top_genres=[catalog.genre_names[g] for g in result.top_genres.tolist()],
+            features=np.ascontiguousarray(result.features, dtype="<f4").tobytes(),
+            feature_names=list(CANDIDATE_FEATURES),
+            model_version=serving.version,
         )
 
     async def SimilarMovies(
@@ -175,47 +184,66 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
     ):
         movie_id = check_id(request.movie_id, "movie_id")
         k = check_k(request.k)
-        pos = int(self.catalog.positions([movie_id])[0])
+        serving = self.serving
+        model = serving.model
+        pos = int(model.positions(np.array([movie_id]))[0])
         if pos < 0:
             return recall_pb2.SimilarMoviesResponse(found=False)
-        eligible = np.ones(len(self.catalog), dtype=bool)
+        eligible = np.ones(len(model.movie_ids), dtype=bool)
         eligible[pos] = False
-        if self.index is not None and np.any(self.item_vectors[pos]):
-            if k <= NEIGHBOURS:
-                rows, scores = self._neighbour_rows(np.array([pos]))
-            else:
-                rows, scores = await self._nearest(self.item_vectors[pos], k + 1, context.time_remaining())
-            result = nearest_channel("embedding", rows, scores, eligible, k)
-        else:  # no embedding for this movie: popular movies sharing its genres
-            result = genre_channel(self.catalog, self.popularity_order, np.array([pos]), eligible, k)
+        result = nearest_channel(
+            "item2item", model.neighbour_rows[pos], model.neighbour_scores[pos], eligible, k
+        )
+        if len(result.positions) < k and serving.index is not None and model.has_vector[pos]:
+            rows = await self._nearest(
+                serving.index, model, model.vectors[pos], k + 1, context.time_remaining()
+            )
+            scores = model.vectors[np.maximum(rows, 0)] @ model.vectors[pos]
+            more = nearest_channel("embedding", rows, scores, eligible, k)
+            result = _append_new(result, more, k)
+        if len(result.positions) < k:  # popular movies sharing its genres
+            in_genres = eligible & model.genre_matrix[:, model.genre_matrix[pos]].any(axis=1)
+            more = ordered_channel("genre", model.popularity_order, model.popular_score, in_genres, k)
+            result = _append_new(result, more, k)
         return recall_pb2.SimilarMoviesResponse(
-            movie_ids=self.catalog.movie_ids[result.positions].tolist(),
+            movie_ids=model.movie_ids[result.positions].tolist(),
             scores=result.scores.tolist(),
             found=True,
         )
 
 
-def build_servicer(workdir: Path) -> RecallServicer:
-    settings = get_settings()
+def _append_new(first: ChannelResult, more: ChannelResult, k: int) -> ChannelResult:
+    """``first`` followed by the rows of ``more`` it lacks, at most ``k``."""
+    fresh = ~np.isin(more.positions, first.positions)
+    return ChannelResult(
+        first.name,
+        np.concatenate([first.positions, more.positions[fresh]])[:k],
+        np.concatenate([first.scores, more.scores[fresh]])[:k],
+    )
+
+
+def build_servicer(
+    workdir: Path, settings: Settings | None = None, with_index: bool = True
+) -> RecallServicer:
+    settings = settings or get_settings()
     catalog = Catalog.from_workdir(workdir)
     history = UserHistory.from_workdir(workdir, settings.like_threshold)
-    vectors, version = load_item_vectors(workdir, settings.recall_embedding, catalog)
-    index = VectorIndex(settings.milvus_uri or str(workdir / "milvus.db"), settings.recall_embedding, version)
-    has_vector = np.any(vectors != 0, axis=1)
-    index.sync(catalog.movie_ids[has_vector], vectors[has_vector])
-    if has_vector.any():  # warm up: the first search pays for loading the collection
-        index.search(vectors[has_vector][:1], settings.recall_size)
-    return RecallServicer(catalog, history, index, vectors)
+    state, version, path = load_recall_state(workdir)
+    index_uri = (settings.milvus_uri or str(workdir / "milvus.db")) if with_index else None
+    return RecallServicer(catalog, history, state, version, path, settings, index_uri)
 
 
 def main() -> None:
     settings = get_settings()
 
     async def register(server: grpc.aio.Server) -> list[str]:
-        servicer = build_servicer(settings.workdir)
+        servicer = build_servicer(settings.workdir, settings)
         servicer.follower_task = start_following(settings.workdir, servicer.history, settings.event_poll_s)
         servicer.catalog_task = start_following_catalog(
             settings.workdir, servicer.apply_movies, settings.event_poll_s
+        )
+        servicer.watch_task = asyncio.get_running_loop().create_task(
+            servicer.watch(settings.ranker_refresh_s)
         )
         recall_pb2_grpc.add_RecallServiceServicer_to_server(servicer, server)
         return [recall_pb2.DESCRIPTOR.services_by_name["RecallService"].full_name]

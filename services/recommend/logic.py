@@ -61,6 +61,27 @@ def popular_fallback(
     return catalog.movie_ids[rows], catalog.rating_counts[rows].astype(np.float32)
 
 
+def uses_ranker(known_user: bool) -> bool:
+    """The cold path: a user without any rating gets recall's list as it is (recent popularity, shaped by the
+    request's genres); the ranker, trained on users with history, ranks everyone else."""
+    return known_user
+
+
+def cold_start_channels(channels: np.ndarray, known_user: bool) -> np.ndarray:
+    """Name the popular list ``cold_start`` for users without history."""
+    return channels if known_user else np.where(channels == "popular", "cold_start", channels).astype(object)
+
+
+def candidate_feature_matrix(raw: bytes, names: list[str], n: int) -> np.ndarray | None:
+    """Recall's candidate features (row-major float32 bytes) as [n, len(names)]; None when absent or not
+    the expected shape (the ranker then answers without them, as an older recall would leave it)."""
+    from starling.features.spec import CANDIDATE_FEATURES
+
+    if not raw or tuple(names) != CANDIDATE_FEATURES or len(raw) != 4 * n * len(names):
+        return None
+    return np.frombuffer(raw, dtype="<f4").reshape(n, len(names))
+
+
 def recall_order_scores(n: int) -> np.ndarray:
     """Scores that keep recall's order when the ranker is down: 1.0 for the first, falling linearly."""
     return (1.0 - np.arange(n, dtype=np.float32) / max(n, 1)).astype(np.float32)

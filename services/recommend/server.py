@@ -36,9 +36,12 @@ from services.recommend.feedback import FeedbackRecorder
 from services.recommend.logic import (
     Ranked,
     build_items,
+    candidate_feature_matrix,
+    cold_start_channels,
     popular_fallback,
     recall_order_scores,
     top_k_by_score,
+    uses_ranker,
     validate_recommend,
 )
 from starling.config import Settings, get_settings, stage_target
@@ -155,23 +158,26 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             ranked.movie_ids = np.asarray(recalled.movie_ids, dtype=np.int64)
             user_genres = list(recalled.user_top_genres)
             ranked.channels = np.asarray(recalled.channels, dtype=object)
+            candidate_features = candidate_feature_matrix(
+                recalled.features, list(recalled.feature_names), len(ranked.movie_ids)
+            )
         except StageFailed as exc:
             self._fallback(ranked, "recall", f"{exc}; served popular movies")
-            user_genres = []
+            user_genres, candidate_features = [], None
             ranked.movie_ids, _ = popular_fallback(
                 self.catalog, self.popularity_order, excluded, req.genres, self.settings.recall_size
             )
             ranked.channels = np.full(len(ranked.movie_ids), "popular", dtype=object)
-        if not known_user:
-            ranked.channels = np.where(ranked.channels == "popular", "cold_start", ranked.channels)
+        ranked.channels = cold_start_channels(ranked.channels, known_user)
 
-        # 3. ranker (KServe, Open Inference Protocol v2 over gRPC).
+        # 3. ranker (KServe, Open Inference Protocol v2 over gRPC) for users with history; the cold path keeps
+        # recall's order (recent popularity). Without recall's features (recall down) nothing can be ranked.
         model_version = ""
         ranked.scores = recall_order_scores(len(ranked.movie_ids))
-        if len(ranked.movie_ids):
+        if len(ranked.movie_ids) and uses_ranker(known_user) and candidate_features is not None:
             try:
                 scores, model_version, features_found = await self._rank(
-                    req.user_id, ranked.movie_ids, context
+                    req.user_id, ranked.movie_ids, candidate_features, context
                 )
                 ranked.scores = scores
                 if known_user and not features_found:
@@ -219,14 +225,24 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         )
 
     async def _rank(
-        self, user_id: int, movie_ids: np.ndarray, context: grpc.aio.ServicerContext
+        self,
+        user_id: int,
+        movie_ids: np.ndarray,
+        candidate_features: np.ndarray,
+        context: grpc.aio.ServicerContext,
     ) -> tuple[np.ndarray, str, bool]:
         user = InferInput("user_id", [1], "INT64")
         user.set_data_from_numpy(np.array([user_id], dtype=np.int64), binary_data=True)
         movies = InferInput("movie_ids", [len(movie_ids)], "INT64")
         movies.set_data_from_numpy(movie_ids.astype(np.int64), binary_data=True)
+        features = InferInput("candidate_features", list(candidate_features.shape), "FP32")
+        features.set_data_from_numpy(
+            np.ascontiguousarray(candidate_features, dtype=np.float32), binary_data=True
+        )
         request = InferRequest(
-            model_name=self.settings.ranker_model_name, infer_inputs=[user, movies], request_id=None
+            model_name=self.settings.ranker_model_name,
+            infer_inputs=[user, movies, features],
+            request_id=None,
         )
         response = await _timed("ranker", self.ranker.infer(request, timeout=self._budget(context, "ranker")))
         outputs = {output.name: output for output in response.outputs}

@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 import yaml
 
+from services.common.catalog import Catalog
 from starling.errors import StarlingError
 
 DEFAULT_RULES_PATH = Path(__file__).with_name("rules.yaml")
@@ -183,3 +184,35 @@ def rerank(
         order = _order_by_score(adjusted, movie_ids)
     top = order[:k]
     return top, adjusted[top]
+
+
+def rerank_candidates(
+    catalog: Catalog,
+    rules: RerankRules,
+    movie_ids: np.ndarray,
+    scores: np.ndarray,
+    *,
+    k: int,
+    current_year: int,
+    user_genres: list[str] | tuple[str, ...] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rerank` with the catalog's years, counts and genres looked up (unknown movies get none), as the
+    rerank service and the offline replay both call it: positions of the top ``k`` and their scores."""
+    known_genres = [g for g in user_genres if g in catalog.genre_names]  # unknown: ignored
+    user_genre_columns = np.array([catalog.genre_names.index(g) for g in known_genres], dtype=np.int64)
+    pos = catalog.positions(movie_ids)
+    known = pos >= 0
+    safe = np.where(known, pos, 0)
+    return rerank(
+        scores,
+        movie_ids,
+        np.where(known, catalog.release_years[safe], 0),
+        np.where(known, catalog.rating_counts[safe], 0),
+        np.where(known, catalog.primary_genre[safe], -1),
+        np.where(known[:, None], catalog.genre_matrix[safe], False).astype(np.float32),
+        k=k,
+        current_year=current_year,
+        max_rating_count=int(catalog.rating_counts.max(initial=0)),
+        rules=rules,
+        user_genre_columns=user_genre_columns,
+    )

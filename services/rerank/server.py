@@ -13,7 +13,7 @@ from services.common.catalog import Catalog
 from services.common.errors import InvalidArgument, check_ids, check_k
 from services.common.following import start_following_catalog
 from services.common.server import run_service
-from services.rerank.logic import DEFAULT_RULES_PATH, RerankRules, load_rules, rerank
+from services.rerank.logic import DEFAULT_RULES_PATH, RerankRules, load_rules, rerank_candidates
 from starling.config import get_settings
 from starling.v1 import rerank_pb2, rerank_pb2_grpc
 
@@ -25,8 +25,6 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
 
     def set_catalog(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        self.max_rating_count = int(catalog.rating_counts.max(initial=0))
-        self.genre_vectors = catalog.genre_matrix.astype(np.float32)
 
     def apply_movies(self, movies: pl.DataFrame) -> None:
         """Catalog upserts from the event log."""
@@ -46,25 +44,14 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
             raise InvalidArgument("scores must be finite numbers")
         now = request.time.ToDatetime(dt.UTC) if request.HasField("time") else dt.datetime.now(dt.UTC)
 
-        known_genres = [g for g in request.user_genres if g in self.catalog.genre_names]  # unknown: ignored
-        user_genre_columns = np.array(
-            [self.catalog.genre_names.index(g) for g in known_genres], dtype=np.int64
-        )
-        pos = self.catalog.positions(movie_ids)
-        known = pos >= 0
-        safe = np.where(known, pos, 0)
-        top, adjusted = rerank(
-            scores,
+        top, adjusted = rerank_candidates(
+            self.catalog,
+            self.rules,
             movie_ids,
-            np.where(known, self.catalog.release_years[safe], 0),
-            np.where(known, self.catalog.rating_counts[safe], 0),
-            np.where(known, self.catalog.primary_genre[safe], -1),
-            np.where(known[:, None], self.genre_vectors[safe], 0.0),
+            scores,
             k=k,
             current_year=now.year,
-            max_rating_count=self.max_rating_count,
-            rules=self.rules,
-            user_genre_columns=user_genre_columns,
+            user_genres=list(request.user_genres),
         )
         channels = np.asarray(request.channels, dtype=object)
         return rerank_pb2.RerankResponse(

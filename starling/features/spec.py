@@ -38,6 +38,43 @@ LIKED_MOVIE_FIELDS: tuple[str, ...] = tuple(f"user_liked_movie{i}" for i in rang
 
 VOCABULARY_NAMES: tuple[str, ...] = ("user", "movie", "genre")
 
+#: Per-candidate features that recall computes at request time from the interaction state (popularity as of the
+#: snapshot, the user's activity, the channels' retrieval scores), in the order of the ranker's
+#: ``candidate_features`` input. Defined in services/recall/features.py; the spec of a trained artifact carries
+#: their statistics (``candidate_stats``), fitted on its training candidates.
+CANDIDATE_FEATURES: tuple[str, ...] = (
+    "popularity_short",
+    "popularity_mid",
+    "popularity_long",
+    "popularity_rank_short",
+    "popularity_rank_mid",
+    "popularity_rank_long",
+    "rating_count_log",
+    "like_count_rank",
+    "shrunk_rating",
+    "shrunk_like_rate",
+    "days_since_first_rating",
+    "movie_age_years",
+    "user_rating_count_log",
+    "user_like_count_log",
+    "user_mean_rating",
+    "user_tenure_days",
+    "user_recency_days",
+    "user_recent_ratings_log",
+    "user_mean_year",
+    "user_mean_age_at_rating",
+    "genre_affinity",
+    "ease_score",
+    "ease_rank",
+    "item2item_score",
+    "item2item_rank",
+    "embedding_score",
+    "year_gap",
+    "age_gap",
+    "released_after_last_activity",
+    "entered_after_last_activity",
+)
+
 # Column layout of the files written by `starling features build` (WORKDIR/features).
 MOVIE_FEATURE_COLUMNS: tuple[str, ...] = (
     "movie_release_year",
@@ -77,12 +114,15 @@ class FeatureSpec:
 
     ``numeric_stats[field]`` holds ``mean`` and ``std`` (population, nulls ignored) and ``quantiles``: the
     ``NUM_BUCKETS - 1`` interior quantile boundaries that cut the field into ``NUM_BUCKETS`` buckets.
+    ``candidate_stats`` holds the same statistics for :data:`CANDIDATE_FEATURES` once a ranker was trained on
+    recalled candidates (empty in the spec `features build` writes); they follow NUMERIC_FIELDS in ``numeric``.
     ``version`` is a short sha256 of the canonical JSON of everything else, so equal content = equal version.
     """
 
     vocabularies: dict[str, list[Any]]
     numeric_stats: dict[str, dict[str, Any]]
     version: str = field(default="")
+    candidate_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = [name for name in VOCABULARY_NAMES if name not in self.vocabularies]
@@ -91,8 +131,35 @@ class FeatureSpec:
         missing = [name for name in NUMERIC_FIELDS if name not in self.numeric_stats]
         if missing:
             raise FeatureSpecError(f"feature spec lacks numeric stats for {missing}")
+        if self.candidate_stats:
+            if set(self.candidate_stats) != set(CANDIDATE_FEATURES):
+                raise FeatureSpecError(
+                    f"feature spec candidate_stats cover {sorted(self.candidate_stats)}; "
+                    f"expected {list(CANDIDATE_FEATURES)}"
+                )
+            ordered = {name: self.candidate_stats[name] for name in CANDIDATE_FEATURES}  # JSON sorts keys
+            object.__setattr__(self, "candidate_stats", ordered)
         if not self.version:
             object.__setattr__(self, "version", _content_hash(self._content()))
+
+    @property
+    def numeric_fields(self) -> tuple[str, ...]:
+        """The columns of ``numeric`` / ``numeric_buckets``: NUMERIC_FIELDS, then the candidate features."""
+        return NUMERIC_FIELDS + tuple(self.candidate_stats)
+
+    def all_numeric_stats(self) -> dict[str, dict[str, Any]]:
+        return {**self.numeric_stats, **self.candidate_stats}
+
+    def with_candidate_stats(self, candidates: pl.DataFrame) -> FeatureSpec:
+        """This spec plus statistics of the CANDIDATE_FEATURES columns of ``candidates`` (training rows)."""
+        missing = [name for name in CANDIDATE_FEATURES if name not in candidates.columns]
+        if missing:
+            raise FeatureSpecError(f"cannot fit candidate feature statistics: rows lack {missing}")
+        stats = {
+            name: numeric_stats_of(candidates[name].cast(pl.Float64).fill_null(np.nan).to_numpy())
+            for name in CANDIDATE_FEATURES
+        }
+        return FeatureSpec(self.vocabularies, self.numeric_stats, candidate_stats=stats)
 
     @property
     def num_buckets(self) -> int:
@@ -115,14 +182,16 @@ class FeatureSpec:
 
     @cached_property
     def _numeric_arrays(self) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        means = np.array([self.numeric_stats[f]["mean"] for f in NUMERIC_FIELDS], dtype=np.float64)
-        stds = np.array([self.numeric_stats[f]["std"] for f in NUMERIC_FIELDS], dtype=np.float64)
+        stats = self.all_numeric_stats()
+        fields = self.numeric_fields
+        means = np.array([stats[f]["mean"] for f in fields], dtype=np.float64)
+        stds = np.array([stats[f]["std"] for f in fields], dtype=np.float64)
         stds = np.where(np.isfinite(stds) & (stds > 0), stds, 1.0)
-        bounds = [np.asarray(self.numeric_stats[f]["quantiles"], dtype=np.float64) for f in NUMERIC_FIELDS]
+        bounds = [np.asarray(stats[f]["quantiles"], dtype=np.float64) for f in fields]
         return means, stds, bounds
 
     def numeric_arrays(self) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Means, stds (0 or non-finite -> 1) and quantile boundaries of NUMERIC_FIELDS, in field order."""
+        """Means, stds (0 or non-finite -> 1) and quantile boundaries of :attr:`numeric_fields`, in order."""
         return self._numeric_arrays
 
     def vocab_size(self, name: str) -> int:
@@ -132,7 +201,10 @@ class FeatureSpec:
         return len(self.vocabularies[name]) + 1
 
     def _content(self) -> dict[str, Any]:
-        return {"format": SPEC_FORMAT, "vocabularies": self.vocabularies, "numeric_stats": self.numeric_stats}
+        content = {"format": SPEC_FORMAT, "vocabularies": self.vocabularies, "numeric_stats": self.numeric_stats}
+        if self.candidate_stats:
+            content["candidate_stats"] = self.candidate_stats
+        return content
 
     def save(self, path: Path) -> None:
         """Write the spec as JSON (temp file + rename, so readers never see half a file)."""
@@ -160,7 +232,11 @@ class FeatureSpec:
         if raw["format"] != SPEC_FORMAT:
             raise FeatureSpecError(f"{path}: spec format {raw['format']!r}, this code reads {SPEC_FORMAT}")
         try:
-            spec = cls(vocabularies=raw["vocabularies"], numeric_stats=raw["numeric_stats"])
+            spec = cls(
+                vocabularies=raw["vocabularies"],
+                numeric_stats=raw["numeric_stats"],
+                candidate_stats=raw.get("candidate_stats") or {},
+            )
         except FeatureSpecError as exc:
             raise FeatureSpecError(f"{path}: {exc}") from exc
         if spec.version != raw["version"]:

@@ -6,9 +6,10 @@ split). Output arrays (n = number of rows):
 - ``user``, ``movie`` int64[n]: vocabulary indices (0 = unknown or null);
 - ``user_genres`` int64[n, 5], ``movie_genres`` int64[n, 3]: genre vocabulary indices (0 = none/unknown);
 - ``liked_movies`` int64[n, 5]: movie vocabulary indices of the user's liked movies (0 = none/unknown);
-- ``numeric`` float32[n, 9]: NUMERIC_FIELDS z-scored with the train mean/std (null -> 0.0);
-- ``numeric_missing`` float32[n, 9]: 1.0 where the field is null;
-- ``numeric_buckets`` int64[n, 9]: train-quantile bucket 1..spec.num_buckets (0 = null);
+- ``numeric`` float32[n, F]: ``spec.numeric_fields`` (the 9 NUMERIC_FIELDS, then the recalled candidates'
+  CANDIDATE_FEATURES when the spec carries their statistics) z-scored with the fitted mean/std (null -> 0.0);
+- ``numeric_missing`` float32[n, F]: 1.0 where the field is null;
+- ``numeric_buckets`` int64[n, F]: fitted-quantile bucket 1..spec.num_buckets (0 = null);
 - ``label`` float32[n]: only when the rows have a ``label`` column.
 """
 
@@ -45,15 +46,15 @@ FeatureColumns = dict[str, np.ndarray]
 columns str with "" for null, numeric columns float64 with NaN for null, ``label`` (optional) float."""
 
 
-def columns_from_frame(df: pl.DataFrame) -> FeatureColumns:
+def columns_from_frame(df: pl.DataFrame, numeric_fields: tuple[str, ...] = NUMERIC_FIELDS) -> FeatureColumns:
     """Convert polars rows into :data:`FeatureColumns` with one query (no per-row Python)."""
-    missing = [name for name in REQUIRED_COLUMNS if name not in df.columns]
+    missing = [name for name in (*REQUIRED_COLUMNS, *numeric_fields) if name not in df.columns]
     if missing:
         raise StarlingError(f"transform: rows lack feature columns {missing}")
     exprs = [
         *(pl.col(name).cast(pl.Int64).fill_null(NULL_ID) for name in ID_COLUMNS),
         *(pl.col(name).cast(pl.String).fill_null("") for name in GENRE_COLUMNS),
-        *(pl.col(name).cast(pl.Float64).fill_null(np.nan) for name in NUMERIC_FIELDS),
+        *(pl.col(name).cast(pl.Float64).fill_null(np.nan) for name in numeric_fields),
     ]
     if "label" in df.columns:
         exprs.append(pl.col("label").cast(pl.Float32))
@@ -78,9 +79,25 @@ def _stack(columns: FeatureColumns, names: tuple[str, ...], dtype: type) -> np.n
     return np.stack([np.asarray(columns[name], dtype=dtype) for name in names], axis=1)
 
 
+def encode_numeric(values: np.ndarray, spec: FeatureSpec, first: int = 0) -> dict[str, np.ndarray]:
+    """``numeric`` / ``numeric_missing`` / ``numeric_buckets`` of float64 ``values`` [n, m] (NaN = null), whose
+    columns are ``spec.numeric_fields[first:first + m]``."""
+    means, stds, boundaries = spec.numeric_arrays()
+    columns = slice(first, first + values.shape[1])
+    absent = np.isnan(values)
+    buckets = np.empty(values.shape, dtype=np.int64)
+    for j, bounds in enumerate(boundaries[columns]):  # one searchsorted per numeric field, vectorized over rows
+        buckets[:, j] = np.searchsorted(bounds, values[:, j], side="right") + 1
+    return {
+        "numeric": np.where(absent, 0.0, (values - means[columns]) / stds[columns]).astype(np.float32),
+        "numeric_missing": absent.astype(np.float32),
+        "numeric_buckets": np.where(absent, 0, buckets),
+    }
+
+
 def transform_columns(columns: FeatureColumns, spec: FeatureSpec) -> dict[str, np.ndarray]:
     """Encode :data:`FeatureColumns` with a fitted spec (see the module docstring for the output arrays)."""
-    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+    missing = [name for name in (*REQUIRED_COLUMNS, *spec.numeric_fields) if name not in columns]
     if missing:
         raise StarlingError(f"transform: rows lack feature columns {missing} (spec version {spec.version})")
     users, movies, genres = spec.lookup("user"), spec.lookup("movie"), spec.lookup("genre")
@@ -91,15 +108,7 @@ def transform_columns(columns: FeatureColumns, spec: FeatureSpec) -> dict[str, n
         "movie_genres": _vocab_indices(_stack(columns, MOVIE_GENRE_FIELDS, str), genres, ""),
         "liked_movies": _vocab_indices(_stack(columns, LIKED_MOVIE_FIELDS, np.int64), movies, NULL_ID),
     }
-    values = _stack(columns, NUMERIC_FIELDS, np.float64)
-    means, stds, boundaries = spec.numeric_arrays()
-    absent = np.isnan(values)
-    out["numeric"] = np.where(absent, 0.0, (values - means) / stds).astype(np.float32)
-    out["numeric_missing"] = absent.astype(np.float32)
-    buckets = np.empty(values.shape, dtype=np.int64)
-    for j, bounds in enumerate(boundaries):  # one searchsorted per numeric field (9), vectorized over rows
-        buckets[:, j] = np.searchsorted(bounds, values[:, j], side="right") + 1
-    out["numeric_buckets"] = np.where(absent, 0, buckets)
+    out.update(encode_numeric(_stack(columns, spec.numeric_fields, np.float64), spec))
     if "label" in columns:
         label = np.asarray(columns["label"], dtype=np.float32)
         bad = np.flatnonzero(~np.isin(label, (0.0, 1.0)))
@@ -112,4 +121,4 @@ def transform_columns(columns: FeatureColumns, spec: FeatureSpec) -> dict[str, n
 
 def transform(df: pl.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray]:
     """Encode polars feature rows with a fitted spec: :func:`columns_from_frame` then :func:`transform_columns`."""
-    return transform_columns(columns_from_frame(df), spec)
+    return transform_columns(columns_from_frame(df, spec.numeric_fields), spec)

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class RecallServiceStub:
-    """Multi-channel recall (embedding ANN, popular, genre, item-to-item), merged with per-channel quotas.
+    """Multi-channel recall (EASE, item-to-item, embedding ANN, new releases, genre, popular), merged with
+    per-channel quotas; each candidate comes with the features the ranker reads beside the online store's.
     """
 
     def __init__(self, channel):
@@ -48,7 +49,8 @@ class RecallServiceStub:
 
 
 class RecallServiceServicer:
-    """Multi-channel recall (embedding ANN, popular, genre, item-to-item), merged with per-channel quotas.
+    """Multi-channel recall (EASE, item-to-item, embedding ANN, new releases, genre, popular), merged with
+    per-channel quotas; each candidate comes with the features the ranker reads beside the online store's.
     """
 
     def Recall(self, request, context):
@@ -86,7 +88,8 @@ def add_RecallServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RecallService:
-    """Multi-channel recall (embedding ANN, popular, genre, item-to-item), merged with per-channel quotas.
+    """Multi-channel recall (EASE, item-to-item, embedding ANN, new releases, genre, popular), merged with
+    per-channel quotas; each candidate comes with the features the ranker reads beside the online store's.
     """
 
     @staticmethod

@@ -10,6 +10,7 @@ from training.models.deepfm import DeepFM
 from training.models.din import DIN
 from training.models.embedding_mlp import EmbeddingMLP
 from training.models.neural_cf import NeuralCF
+from training.models.rank_mlp import RankMLP
 from training.models.wide_deep import WideDeep
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -18,6 +19,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "neural_cf": NeuralCF,
     "deepfm": DeepFM,
     "din": DIN,
+    "rank_mlp": RankMLP,
 }
 
 

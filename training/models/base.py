@@ -40,6 +40,11 @@ class SpecLike(Protocol):
 
     numeric_stats: Mapping[str, Mapping[str, Any]]
 
+    @property
+    def numeric_fields(self) -> tuple[str, ...]: ...
+
+    def all_numeric_stats(self) -> Mapping[str, Mapping[str, Any]]: ...
+
     def vocab_size(self, name: str) -> int: ...
 
 
@@ -58,6 +63,8 @@ class ModelConfig:
     #: embedding is learned and users or movies unseen in train (a time split has many) get a sensible vector.
     id_dropout: float = 0.1
     seed: int = 0
+    #: Independently initialised copies whose logits are averaged at inference (models that support it).
+    ensemble: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -77,18 +84,18 @@ class ModelConfig:
 
 
 def numeric_field_names(spec: SpecLike) -> list[str]:
-    """The numeric columns in the order of ``numeric`` / ``numeric_buckets`` (the contract's NUMERIC_FIELDS)."""
-    from starling.features.spec import NUMERIC_FIELDS
-
-    missing = [name for name in NUMERIC_FIELDS if name not in spec.numeric_stats]
+    """The numeric columns in the order of ``numeric`` / ``numeric_buckets`` (``spec.numeric_fields``)."""
+    stats = spec.all_numeric_stats()
+    missing = [name for name in spec.numeric_fields if name not in stats]
     if missing:
-        raise StarlingError(f"feature spec has no numeric_stats for {missing}")
-    return list(NUMERIC_FIELDS)
+        raise StarlingError(f"feature spec has no numeric statistics for {missing}")
+    return list(spec.numeric_fields)
 
 
 def bucket_table_sizes(spec: SpecLike) -> list[int]:
     """Rows of each numeric field's bucket table: 0 (null) plus buckets 1..len(quantile boundaries)+1."""
-    return [len(spec.numeric_stats[name]["quantiles"]) + 2 for name in numeric_field_names(spec)]
+    stats = spec.all_numeric_stats()
+    return [len(stats[name]["quantiles"]) + 2 for name in numeric_field_names(spec)]
 
 
 def mlp(in_features: int, hidden_units: Sequence[int], out_features: int | None = 1) -> nn.Sequential:
