@@ -102,7 +102,7 @@ def test_list_metrics_equal_scored_metrics_for_the_same_order() -> None:
     seen = task.seen.toarray()
     order = np.lexsort((np.arange(60), -vector))
     lists = [task.catalog_ids[order[~seen[row][order]]] for row in range(len(task.user_ids))]
-    listed = list_metrics(task, lists)
+    listed = list_metrics(task, {10: lists, 50: lists})
     for name in ("ndcg@10", "recall@50", "hit_rate@10"):
         np.testing.assert_allclose(listed[name], scored[name], err_msg=name)
 

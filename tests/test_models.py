@@ -26,6 +26,9 @@ def spec_and_batch() -> tuple[FeatureSpec, dict[str, torch.Tensor]]:
     return spec, {key: torch.from_numpy(np.array(value)) for key, value in encoded.items()}
 
 
+EMBEDDING_MODELS = [name for name in MODELS if name != "rank_mlp"]  # rank_mlp reads numeric features only
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_forward_gives_one_logit_per_row_and_every_parameter_gets_a_gradient(name, spec_and_batch) -> None:
     spec, batch = spec_and_batch
@@ -42,10 +45,11 @@ def test_forward_gives_one_logit_per_row_and_every_parameter_gets_a_gradient(nam
     ]
     assert without_gradient == []
     tables = [n for n, module in model.named_modules() if isinstance(module, torch.nn.Embedding)]
-    assert {"inputs.user", "inputs.movie"} <= set(tables)
+    if name in EMBEDDING_MODELS:
+        assert {"inputs.user", "inputs.movie"} <= set(tables)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", EMBEDDING_MODELS)
 def test_eval_mode_is_deterministic_and_training_mode_drops_ids(name, spec_and_batch) -> None:
     spec, batch = spec_and_batch
     model = build_model(name, spec, ModelConfig(embedding_dim=8, hidden_units=(16,), id_dropout=0.5))
@@ -95,3 +99,19 @@ def test_build_model_refuses_unknown_names_and_config_round_trips(spec_and_batch
     assert ModelConfig.from_dict(config.to_dict()) == config
     with pytest.raises(StarlingError, match=r"unknown hyperparameters \['dropout'\]"):
         ModelConfig.from_dict({"dropout": 0.5})
+
+
+def test_rank_mlp_ensemble_trains_each_member_and_averages_them(spec_and_batch) -> None:
+    spec, batch = spec_and_batch
+    features = {key: batch[key] for key in FEATURE_KEYS}
+    model = build_model("rank_mlp", spec, ModelConfig(hidden_units=(8,), ensemble=3))
+    model.train()
+    members = model(features)
+    assert members.shape == (256, 3) and not torch.equal(members[:, 0], members[:, 1])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(features), members.detach().mean(dim=1))
+        changed = dict(
+            features, user=torch.zeros_like(features["user"]), movie=torch.zeros_like(features["movie"])
+        )
+        assert torch.equal(model(changed), model(features)), "ids do not enter the dense ranker"

@@ -1,5 +1,6 @@
 """The KServe ranker: the serving encoder equals the one transform, and a real ModelServer process answers
-Open Inference Protocol v2 over gRPC and REST, rejects bad input, and hot-reloads a newly published model."""
+Open Inference Protocol v2 over gRPC and REST with what the offline replay computes, rejects bad input, and
+hot-reloads a newly published model."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from kserve import InferenceGRPCClient, InferInput, InferRequest
 
 from services.ranker.encoding import ServingEncoder, blank_user, user_columns
 from starling.config import REPO_ROOT
-from starling.features.spec import USER_FEATURE_COLUMNS, FeatureSpec
+from starling.features.spec import CANDIDATE_FEATURES, USER_FEATURE_COLUMNS, FeatureSpec
 from starling.features.transform import transform
 
 MODEL = "starling-ranker"
@@ -36,17 +37,32 @@ def _joined(features: Path, user_id: int, movie_ids: np.ndarray) -> pl.DataFrame
 
 def test_serving_encoder_equals_transform_of_joined_rows(ml_small_features: Path) -> None:
     features = ml_small_features / "features"
-    spec = FeatureSpec.load(features / "feature_spec.json")
+    rng = np.random.default_rng(0)
+    fitted_on = pl.DataFrame(
+        rng.normal(size=(100, len(CANDIDATE_FEATURES))), schema=list(CANDIDATE_FEATURES), orient="row"
+    )
+    spec = FeatureSpec.load(features / "feature_spec.json").with_candidate_stats(fitted_on)
     encoder = ServingEncoder(spec, pl.read_parquet(features / "movie_features.parquet"))
     movie_ids = np.array([1, 356, 2571, 318, 999999, 260])  # 999999: not in the catalog
+    candidates = rng.normal(size=(len(movie_ids), len(CANDIDATE_FEATURES))).astype(np.float32)
+    candidates[1, 3] = np.nan  # a missing candidate feature
     user_row = pl.read_parquet(features / "user_features.parquet").filter(pl.col("user_id") == 1)
-    expected = transform(_joined(features, 1, movie_ids), spec)
-    got = encoder.encode(user_columns(1, user_row.select(USER_FEATURE_COLUMNS).to_dicts()[0]), movie_ids)
+    joined = _joined(features, 1, movie_ids).with_columns(
+        pl.Series(name, candidates[:, i].astype(np.float64)).fill_nan(None)
+        for i, name in enumerate(CANDIDATE_FEATURES)
+    )
+    expected = transform(joined, spec)
+    got = encoder.encode(
+        user_columns(1, user_row.select(USER_FEATURE_COLUMNS).to_dicts()[0]), movie_ids, candidates
+    )
     for key in expected:
         if key != "label":
             np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
-    unknown = encoder.encode(blank_user(424242), movie_ids[:2])
-    assert (unknown["user"] == 0).all() and (unknown["numeric_missing"][:, 4:] == 1).all()
+    assert got["numeric_missing"][1, 9 + 3] == 1.0
+    unknown = encoder.encode(blank_user(424242), movie_ids[:2], candidates[:2])
+    assert (unknown["user"] == 0).all() and (unknown["numeric_missing"][:, 4:9] == 1).all()
+    with pytest.raises(ValueError, match="candidate_features must be"):
+        encoder.encode(blank_user(1), movie_ids, candidates[:2])
 
 
 def _start_ranker(workdir: Path, grpc_port: int, http_port: int, log: Path) -> subprocess.Popen:
@@ -66,21 +82,29 @@ def _start_ranker(workdir: Path, grpc_port: int, http_port: int, log: Path) -> s
     )
 
 
-def _request(user_id: int, movie_ids: np.ndarray) -> InferRequest:
+def _request(user_id: int, movie_ids: np.ndarray, features: np.ndarray | None) -> InferRequest:
     user = InferInput("user_id", [1], "INT64")
     user.set_data_from_numpy(np.array([user_id], dtype=np.int64), binary_data=True)
     movies = InferInput("movie_ids", [len(movie_ids)], "INT64")
     movies.set_data_from_numpy(movie_ids.astype(np.int64), binary_data=True)
-    return InferRequest(model_name=MODEL, infer_inputs=[user, movies])
+    inputs = [user, movies]
+    if features is not None:
+        candidate = InferInput("candidate_features", list(features.shape), "FP32")
+        candidate.set_data_from_numpy(features.astype(np.float32), binary_data=True)
+        inputs.append(candidate)
+    return InferRequest(model_name=MODEL, infer_inputs=inputs)
 
 
 @pytest.mark.slow
 def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
     ml_small_trained: Path, tmp_path: Path, free_port: Callable[[], int]
 ) -> None:
-    from conftest import copy_workdir
+    from conftest import copy_workdir, fast_windows
 
+    from services.rerank.logic import load_rules
+    from starling.config import get_settings
     from training.artifacts import load_artifact, resolve_artifact
+    from training.replay import OfflinePipeline, Ranker, served_snapshot
     from training.train import train_command
 
     workdir = copy_workdir(ml_small_trained, tmp_path / "workdir")  # this test publishes a new version
@@ -103,20 +127,32 @@ def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
             pytest.fail("ranker not ready in 120 s:\n" + (tmp_path / "ranker.log").read_text()[-3000:])
 
         artifact = load_artifact(resolve_artifact(workdir))
-        movie_ids = pl.read_parquet(workdir / "movies.parquet")["movie_id"].to_numpy()[:500]
-        expected = artifact.predict(_joined(workdir / "features", 1, movie_ids))
+        snapshot = served_snapshot(workdir, artifact.recall_state, get_settings().like_threshold)
+        recalled, _ = OfflinePipeline(snapshot, None, load_rules()).recall_for(1)
+        movie_ids = snapshot.recall.movie_ids[recalled.rows]
+        features = recalled.features
+        expected = Ranker.build(artifact.model(), artifact.spec, snapshot).score(
+            1, snapshot.users.values(1)[0], movie_ids, features
+        )
 
         async def grpc_calls() -> None:
             async with InferenceGRPCClient(f"127.0.0.1:{grpc_port}", retries=0) as client:
-                response = await client.infer(_request(1, movie_ids))
+                response = await client.infer(_request(1, movie_ids, features))
                 outputs = {o.name: o.as_numpy() for o in response.outputs}
                 np.testing.assert_allclose(outputs["scores"], expected, rtol=1e-5, atol=1e-6)
                 assert outputs["user_features_found"].tolist() == [True]
                 assert response.model_version == artifact.version
-                cold = await client.infer(_request(987654, movie_ids[:3]))
+                cold = await client.infer(_request(987654, movie_ids[:3], features[:3]))
                 assert {o.name: o.as_numpy() for o in cold.outputs}["user_features_found"].tolist() == [False]
-                for bad in (_request(-1, movie_ids[:3]), _request(1, np.array([], dtype=np.int64))):
-                    with pytest.raises(Exception, match=r"ids must be|movie_ids must hold"):
+                bad_requests = (
+                    (_request(-1, movie_ids[:3], features[:3]), "ids must be"),
+                    (_request(1, np.array([], dtype=np.int64), features[:0]), "movie_ids must hold"),
+                    (_request(1, movie_ids[:3], None), "missing input candidate_features"),
+                    (_request(1, movie_ids[:3], features[:2]), r"candidate_features must be \[3, "),
+                    (_request(1, movie_ids[:1], np.full((1, len(CANDIDATE_FEATURES)), np.inf)), "finite"),
+                )
+                for bad, message in bad_requests:
+                    with pytest.raises(Exception, match=message):
                         await client.infer(bad)
 
         asyncio.run(grpc_calls())
@@ -127,13 +163,22 @@ def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
                 "inputs": [
                     {"name": "user_id", "shape": [1], "datatype": "INT64", "data": [1]},
                     {"name": "movie_ids", "shape": [3], "datatype": "INT64", "data": movie_ids[:3].tolist()},
+                    {
+                        "name": "candidate_features",
+                        "shape": [3, len(CANDIDATE_FEATURES)],
+                        "datatype": "FP32",
+                        "data": np.nan_to_num(features[:3], nan=0.0).ravel().tolist(),
+                    },
                 ]
             },
             timeout=10,
         )
         assert rest.status_code == 200, rest.text
         scores = next(o for o in rest.json()["outputs"] if o["name"] == "scores")["data"]
-        np.testing.assert_allclose(scores, expected[:3], rtol=1e-5, atol=1e-6)
+        reference = Ranker.build(artifact.model(), artifact.spec, snapshot).score(
+            1, snapshot.users.values(1)[0], movie_ids[:3], np.nan_to_num(features[:3], nan=0.0)
+        )
+        np.testing.assert_allclose(scores, reference, rtol=1e-5, atol=1e-6)
         missing = httpx.post(
             f"http://127.0.0.1:{http_port}/v2/models/{MODEL}/infer",
             json={"inputs": [{"name": "user_id", "shape": [1], "datatype": "INT64", "data": [1]}]},
@@ -141,14 +186,14 @@ def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
         assert missing.status_code == 400 and "movie_ids" in missing.text
 
         # Hot reload: publish a new version while requests keep flowing; none fails, the version changes.
-        new = train_command(workdir, "embedding_mlp", epochs=1, publish=True)
+        new = train_command(workdir, "rank_mlp", epochs=1, publish=True, windows=fast_windows())
 
         async def during_reload() -> set[str]:
             versions: set[str] = set()
             async with InferenceGRPCClient(f"127.0.0.1:{grpc_port}", retries=0) as client:
                 deadline = time.monotonic() + 60
                 while new.version not in versions and time.monotonic() < deadline:
-                    response = await client.infer(_request(1, movie_ids))
+                    response = await client.infer(_request(1, movie_ids, features))
                     versions.add(response.model_version)
             return versions
 

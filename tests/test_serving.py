@@ -70,7 +70,14 @@ def test_recommend_round_trip(stack) -> None:
     )
     assert not set(ids) & rated, "already-rated movies must not be recommended"
     assert all(item.title and item.channel for item in response.items)
-    assert {item.channel for item in response.items} <= {"embedding", "item2item", "genre", "popular"}
+    assert {item.channel for item in response.items} <= {
+        "ease",
+        "item2item",
+        "embedding",
+        "new",
+        "genre",
+        "popular",
+    }
 
     comedies = stub.Recommend(_request(1, 10, genres=["Comedy"], exclude_movie_ids=ids[:5]), timeout=10)
     assert all("Comedy" in item.genres for item in comedies.items)
@@ -79,6 +86,42 @@ def test_recommend_round_trip(stack) -> None:
     cold = stub.Recommend(_request(10_000_000, 10), timeout=10)
     assert len(cold.items) == 10 and {item.channel for item in cold.items} == {"cold_start"}
     assert not [d for d in cold.degraded if d.stage != "features"]
+
+
+def test_the_offline_replay_answers_what_the_stack_serves(stack) -> None:
+    """One pipeline, two callers: `starling evaluate` replays the services' own logic (training/replay.py) on
+    the state they serve; for sampled users and contexts its lists equal the live Recommend answers."""
+    import numpy as np
+    import polars as pl
+
+    from services.rerank.logic import load_rules
+    from training.artifacts import load_artifact, resolve_artifact
+    from training.replay import OfflinePipeline, Ranker, served_snapshot
+
+    settings, stub = stack
+    artifact = load_artifact(resolve_artifact(settings.workdir))
+    snapshot = served_snapshot(settings.workdir, artifact.recall_state, settings.like_threshold)
+    ranker = Ranker.build(artifact.model(), artifact.spec, snapshot)
+    pipeline = OfflinePipeline(snapshot, ranker, load_rules(), settings.recall_size)
+    users = pl.read_parquet(settings.workdir / "ratings.parquet")["user_id"].unique().sort()
+    sampled = [*users.sample(12, seed=7).to_list(), UNMATERIALIZED_USER, 10_000_003]
+    requests = [(user, 10, (), ()) for user in sampled]
+    requests += [
+        (1, 20, ("Comedy", "Drama"), (296, 318)),
+        (414, 5, ("Horror",), ()),
+        (10_000_004, 10, ("Animation",), ()),
+    ]
+    for user, k, genres, exclude in requests:
+        live = stub.Recommend(
+            _request(user, k, genres=list(genres), exclude_movie_ids=list(exclude)), timeout=10
+        )
+        assert not [d for d in live.degraded if d.stage != "features"], live.degraded
+        offline = pipeline.recommend(user, k, genres, np.array(exclude, dtype=np.int64))
+        assert [item.movie_id for item in live.items] == offline.movie_ids.tolist(), (user, genres)
+        assert [item.channel for item in live.items] == offline.final_channels.tolist(), user
+        np.testing.assert_allclose(
+            [item.score for item in live.items], offline.final_scores, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_missing_online_features_fall_back_to_defaults(stack) -> None:
@@ -255,8 +298,10 @@ def test_catalog_lookups(stack) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_new_user_starts_cold_then_the_embedding_path_takes_over(stack) -> None:
-    _, stub = stack
+def test_new_user_starts_cold_then_the_personal_channels_take_over(stack) -> None:
+    settings, stub = stack
+    from starling.v1 import recall_pb2, recall_pb2_grpc
+
     user = 20_000_001
     cold = stub.Recommend(_request(user, 10, genres=["Animation"]), timeout=10)
     assert {item.channel for item in cold.items} == {"cold_start"}
@@ -269,17 +314,24 @@ def test_new_user_starts_cold_then_the_embedding_path_takes_over(stack) -> None:
         recommend_pb2.RecordFeedbackRequest(events=[_rating(user, m, 5.0) for m in liked]), timeout=10
     )
     assert reply.accepted == 3
+    recall = recall_pb2_grpc.RecallServiceStub(grpc.insecure_channel(f"127.0.0.1:{settings.recall_port}"))
     deadline = time.monotonic() + 1.0
     while True:
         warm = stub.Recommend(_request(user, 20), timeout=10)
         channels = {item.channel for item in warm.items}
+        recalled = recall.Recall(
+            recall_pb2.RecallRequest(user_id=user, n=500, excluded_movie_ids=liked), timeout=10
+        )
+        personal = {c for c in recalled.channels} & {"ease", "item2item", "embedding"}
         if (
-            channels & {"embedding", "item2item"} and "cold_start" not in channels
+            personal == {"ease", "item2item", "embedding"} and "cold_start" not in channels
         ) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert channels & {"embedding", "item2item"}, channels
+    assert personal == {"ease", "item2item", "embedding"}, set(recalled.channels)
+    assert recalled.user_has_embedding, "a vector folded in from the three likes"
     assert "cold_start" not in channels and not set(liked) & {item.movie_id for item in warm.items}
+    assert [item.movie_id for item in warm.items] != [item.movie_id for item in diverse.items], "now ranked"
 
 
 def test_new_movie_is_served_at_once(stack) -> None:

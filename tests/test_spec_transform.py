@@ -189,6 +189,23 @@ def test_spec_round_trip_and_version(tmp_path: Path) -> None:
         spec.vocab_size("tag")
 
 
+def test_candidate_statistics_extend_the_numeric_fields_and_survive_a_round_trip(tmp_path: Path) -> None:
+    from starling.features.spec import CANDIDATE_FEATURES
+
+    base = _spec_with_stats({"mean": 1.5, "std": 2.0, "quantiles": [1.0] * 9})
+    rows = pl.DataFrame({name: [float(i), float(i) + 1.0, None] for i, name in enumerate(CANDIDATE_FEATURES)})
+    spec = base.with_candidate_stats(rows)
+    assert spec.numeric_fields == NUMERIC_FIELDS + CANDIDATE_FEATURES and spec.version != base.version
+    assert spec.candidate_stats["ease_score"]["mean"] == pytest.approx(
+        CANDIDATE_FEATURES.index("ease_score") + 0.5
+    )
+    spec.save(tmp_path / "spec.json")
+    loaded = FeatureSpec.load(tmp_path / "spec.json")  # JSON sorts keys; the field order is the contract's
+    assert loaded == spec and tuple(loaded.candidate_stats) == CANDIDATE_FEATURES
+    with pytest.raises(StarlingError, match="rows lack"):
+        base.with_candidate_stats(rows.drop("ease_score"))
+
+
 def test_spec_load_errors(tmp_path: Path) -> None:
     path = tmp_path / "spec.json"
     with pytest.raises(StarlingError, match="feature spec not found"):

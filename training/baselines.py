@@ -12,7 +12,7 @@ hyperparameters from a small stated grid by NDCG@10 over all users of the valida
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -142,17 +142,20 @@ def per_user_metrics(task: RetrievalTask, scorer: Scorer) -> dict[str, np.ndarra
     return {name: np.concatenate(chunks) for name, chunks in out.items()}
 
 
-def list_metrics(task: RetrievalTask, lists: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """The same metrics for ranked movie-id lists (one per task user, best first), e.g. the pipeline's."""
-    depth = max(KS)
-    items = np.zeros((len(lists), depth), dtype=np.int64)
-    valid = np.zeros((len(lists), depth), dtype=bool)
-    for row, movie_ids in enumerate(lists):  # one list per user
-        cols = sorted_positions(task.catalog_ids, np.asarray(movie_ids[:depth], dtype=np.int64))
-        items[row, : len(cols)] = np.maximum(cols, 0)
-        valid[row, : len(cols)] = cols >= 0
-    scores = np.where(valid, 1.0, -np.inf)
-    return metrics_from_top_k(items, scores, task.relevant, KS)
+def list_metrics(task: RetrievalTask, lists: Mapping[int, Sequence[np.ndarray]]) -> dict[str, np.ndarray]:
+    """The same metrics for served lists: ``lists[k]`` holds each task user's answer to a request for k movies
+    (best first); the @k metrics read the k-list (a re-ranking rule may depend on k)."""
+    out: dict[str, np.ndarray] = {}
+    for k in KS:
+        answers = lists[k]
+        items = np.zeros((len(answers), k), dtype=np.int64)
+        valid = np.zeros((len(answers), k), dtype=bool)
+        for row, movie_ids in enumerate(answers):  # one list per user
+            cols = sorted_positions(task.catalog_ids, np.asarray(movie_ids[:k], dtype=np.int64))
+            items[row, : len(cols)] = np.maximum(cols, 0)
+            valid[row, : len(cols)] = cols >= 0
+        out.update(metrics_from_top_k(items, np.where(valid, 1.0, -np.inf), task.relevant, (k,)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- baselines

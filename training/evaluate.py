@@ -102,7 +102,7 @@ def load_inputs(workdir: Path) -> EvaluationInputs:
 # ----------------------------------------------------------------------------------------------- pipeline
 @dataclass
 class PipelineRun:
-    lists: list[np.ndarray]  # final top-50 per task user
+    lists: dict[int, list[np.ndarray]]  # per k of LIST_SIZES: each task user's answer
     served: list[Any]  # training.replay.Served per task user
 
 
@@ -113,7 +113,7 @@ def run_pipeline(
     ``history`` when given: the leave-last-out protocol)."""
     from services.rerank.logic import load_rules
     from training.replay import OfflinePipeline, Ranker, snapshot_as_of
-    from training.train import SELECTION_K
+    from training.train import LIST_SIZES
 
     settings = get_settings()
     artifact = inputs.artifact
@@ -127,8 +127,8 @@ def run_pipeline(
     ranker = Ranker.build(artifact.model(), artifact.spec, snapshot)
     rules = load_rules(settings.rerank_rules) if settings.rerank_rules else load_rules()
     pipeline = OfflinePipeline(snapshot, ranker, rules, settings.recall_size)
-    served = [pipeline.recommend(int(user), SELECTION_K) for user in task.user_ids.tolist()]
-    return PipelineRun([s.movie_ids for s in served], served)
+    served = [pipeline.recommend(int(u), LIST_SIZES[0], also=LIST_SIZES[1:]) for u in task.user_ids.tolist()]
+    return PipelineRun({k: [s.lists[k] for s in served] for k in LIST_SIZES}, served)
 
 
 def coverage(task: RetrievalTask, run: PipelineRun) -> dict[str, dict[str, float]]:
@@ -178,11 +178,13 @@ def stages(task: RetrievalTask, run: PipelineRun) -> dict[str, dict[str, float]]
     n_relevant = np.diff(task.relevant.indptr)
     recall_order = np.concatenate([-np.arange(len(s.candidates), dtype=np.float64) for s in run.served])
     ranker_order = np.concatenate([s.scores.astype(np.float64) for s in run.served])
-    final = list_metrics(task, run.lists)["ndcg@10"]
+    served = list_metrics(task, run.lists)
     per_stage = {
         "recall_order": grouped_ndcg(recall_order, labels, offsets, n_relevant),
         "ranker_order": grouped_ndcg(ranker_order, labels, offsets, n_relevant),
-        "served": final,
+        "served": served["ndcg@10"],
+        "ranker_order_recall@50": _recall_at(ranker_order, labels, offsets, n_relevant, 50),
+        "served_recall@50": served["recall@50"],
     }
     out: dict[str, dict[str, float]] = {}
     for segment, mask in (("all", np.ones(len(sizes), bool)), ("warm", task.warm)):
@@ -190,6 +192,19 @@ def stages(task: RetrievalTask, run: PipelineRun) -> dict[str, dict[str, float]]
         auc = grouped_auc(ranker_order, labels, offsets)[mask]
         out[segment]["ranker_auc"] = float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan")
     return out
+
+
+def _recall_at(
+    scores: np.ndarray, labels: np.ndarray, offsets: np.ndarray, n_relevant: np.ndarray, k: int
+) -> np.ndarray:
+    """Per group: relevant rows among its ``k`` best by score, over all its relevant movies."""
+    sizes = np.diff(offsets)
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    order = np.lexsort((np.arange(len(scores)), -scores, group))
+    rank = np.arange(len(order)) - offsets[group[order]]
+    hits = np.bincount(group[order], weights=(labels[order] > 0) & (rank < k), minlength=len(sizes))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_relevant > 0, hits / n_relevant, np.nan)
 
 
 # ---------------------------------------------------------------------------------------------- reporting
@@ -371,7 +386,10 @@ def format_table(metrics: dict[str, Any]) -> str:
     lines += ["", f"coverage of the evaluated likes by recall's {cov['candidates_per_user']:.0f} candidates"]
     for segment in ("all", "warm"):
         lines.append(f"  {segment:<5} " + ", ".join(f"{k} {v:.3f}" for k, v in cov[segment].items()))
-    lines += ["", "stages, NDCG@10 (ranker AUC is a diagnostic)"]
+    lines += [
+        "",
+        "stages: NDCG@10 of recall's order, the ranker's, the served list; recall@50; ranker AUC (diagnostic)",
+    ]
     for segment in ("all", "warm"):
         lines.append(
             f"  {segment:<5} " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["stages"][segment].items())

@@ -159,6 +159,7 @@ class Served:
     movie_ids: np.ndarray  # final
     final_scores: np.ndarray
     final_channels: np.ndarray
+    lists: dict[int, np.ndarray]  # the answer to a request for k movies, for k and every ``also`` k
 
 
 class OfflinePipeline:
@@ -194,7 +195,10 @@ class OfflinePipeline:
         genres: tuple[str, ...] = (),
         exclude: np.ndarray | None = None,
         current_year: int | None = None,
+        also: tuple[int, ...] = (),
     ) -> Served:
+        """The answer to Recommend(user_id, k, genres, exclude); ``also``: answers for other k from the same
+        candidates and scores (re-ranking can depend on k)."""
         snapshot = self.snapshot
         result, known = self.recall_for(user_id, genres, exclude)
         movie_ids = snapshot.recall.movie_ids[result.rows]
@@ -203,16 +207,20 @@ class OfflinePipeline:
         if uses_ranker(known) and self.ranker is not None and len(movie_ids):
             values, _ = snapshot.users.values(user_id)
             scores = self.ranker.score(user_id, values, movie_ids, result.features)
-        top, final_scores = rerank_candidates(
-            snapshot.catalog,
-            self.rules,
-            movie_ids,
-            scores,
-            k=k,
-            current_year=current_year or datetime.now(UTC).year,
-            user_genres=[snapshot.catalog.genre_names[g] for g in result.top_genres.tolist()],
-        )
+        answers = {}
+        for size in (k, *also):
+            answers[size] = rerank_candidates(
+                snapshot.catalog,
+                self.rules,
+                movie_ids,
+                scores,
+                k=size,
+                current_year=current_year or datetime.now(UTC).year,
+                user_genres=[snapshot.catalog.genre_names[g] for g in result.top_genres.tolist()],
+            )
+        top, final_scores = answers[k]
         return Served(
             user_id, known, movie_ids, channels, result.features, scores,
             movie_ids[top], final_scores, channels[top],
+            {size: movie_ids[positions] for size, (positions, _) in answers.items()},
         )  # fmt: skip

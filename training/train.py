@@ -75,7 +75,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 ALL = "all"
-SELECTION_K = 50  # lists replayed for selection and evaluation (NDCG@10 reads the first 10)
+LIST_SIZES = (10, 50)  # requests replayed for selection and evaluation: @10 metrics read k=10, @50 k=50
 
 
 def model_names_for(model_name: str) -> list[str]:
@@ -214,10 +214,11 @@ def prepare_ranking_data(
 # ---------------------------------------------------------------------------------------------- selection
 def pipeline_lists(
     snapshot: Snapshot, users: np.ndarray, ranker: Ranker | None, rules: RerankRules, recall_size: int
-) -> list[np.ndarray]:
-    """The served pipeline's top-SELECTION_K list for each user (one replayed request per user)."""
+) -> dict[int, list[np.ndarray]]:
+    """The served pipeline's answers for k in LIST_SIZES for each user (one replayed request per user)."""
     pipeline = OfflinePipeline(snapshot, ranker, rules, recall_size)
-    return [pipeline.recommend(int(u), SELECTION_K).movie_ids for u in users.tolist()]
+    served = [pipeline.recommend(int(u), LIST_SIZES[0], also=LIST_SIZES[1:]) for u in users.tolist()]
+    return {k: [s.lists[k] for s in served] for k in LIST_SIZES}
 
 
 def pipeline_valid_ndcg(data: RankingData, model: nn.Module, rules: RerankRules) -> np.ndarray:

@@ -175,7 +175,8 @@ class RankerModel(Model):
         missing = {"user_id", "movie_ids"} - set(inputs)
         if missing:
             raise InvalidInput(
-                f"missing input(s) {sorted(missing)}; expected user_id INT64 [1], movie_ids INT64 [N]"
+                f"missing input(s) {sorted(missing)}; expected user_id INT64 [1], movie_ids INT64 [N], "
+                f"candidate_features FP32 [N, {len(CANDIDATE_FEATURES)}]"
             )
         user_ids = inputs["user_id"].as_numpy().reshape(-1)
         movie_ids = inputs["movie_ids"].as_numpy().reshape(-1)

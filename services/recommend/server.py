@@ -174,7 +174,11 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         # recall's order (recent popularity). Without recall's features (recall down) nothing can be ranked.
         model_version = ""
         ranked.scores = recall_order_scores(len(ranked.movie_ids))
-        if len(ranked.movie_ids) and uses_ranker(known_user) and candidate_features is not None:
+        if len(ranked.movie_ids) and uses_ranker(known_user) and candidate_features is None:
+            self._fallback(
+                ranked, "ranker", "skipped: no candidate features from recall; served recall order"
+            )
+        elif len(ranked.movie_ids) and uses_ranker(known_user):
             try:
                 scores, model_version, features_found = await self._rank(
                     req.user_id, ranked.movie_ids, candidate_features, context

@@ -5,6 +5,7 @@ Deterministic for equal input: every sort is stable and ties break by movie id.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,8 +22,13 @@ DEFAULT_RULES_PATH = Path(__file__).with_name("rules.yaml")
 @dataclass(frozen=True)
 class DiversityRule:
     method: Literal["genre_cap", "mmr", "none"] = "genre_cap"
+    #: genre_cap: at most max(max_per_genre, ceil(max_share * k)) items of one primary genre lead the list.
     max_per_genre: int = 3
+    max_share: float = 0.5
     mmr_lambda: float = 0.75
+
+    def genre_cap(self, k: int) -> int:
+        return max(self.max_per_genre, math.ceil(self.max_share * k))
 
 
 @dataclass(frozen=True)
@@ -74,8 +80,15 @@ def load_rules(path: Path = DEFAULT_RULES_PATH) -> RerankRules:
     d = rules.diversity
     if d.method not in ("genre_cap", "mmr", "none"):
         raise StarlingError(f"{path}: diversity.method {d.method!r} must be genre_cap, mmr or none")
-    if d.max_per_genre < 1 or not 0.0 <= d.mmr_lambda <= 1.0 or rules.freshness.half_life_years <= 0:
-        raise StarlingError(f"{path}: need max_per_genre >= 1, 0 <= mmr_lambda <= 1, half_life_years > 0")
+    if (
+        d.max_per_genre < 1
+        or not 0.0 <= d.max_share <= 1.0
+        or not 0.0 <= d.mmr_lambda <= 1.0
+        or rules.freshness.half_life_years <= 0
+    ):
+        raise StarlingError(
+            f"{path}: need max_per_genre >= 1, 0 <= max_share <= 1, 0 <= mmr_lambda <= 1, half_life_years > 0"
+        )
     return rules
 
 
@@ -175,7 +188,7 @@ def rerank(
         adjusted = adjusted + taste_bonus(genre_vectors, user_genre_columns, rules.taste.weight)
     method = rules.diversity.method
     if method == "genre_cap":
-        order = genre_cap_order(adjusted, movie_ids, primary_genre, rules.diversity.max_per_genre)
+        order = genre_cap_order(adjusted, movie_ids, primary_genre, rules.diversity.genre_cap(k))
     elif method == "mmr":
         order = mmr_order(
             adjusted, movie_ids, genre_vectors.astype(np.float64), k, rules.diversity.mmr_lambda

@@ -26,4 +26,4 @@ class RankMLP(nn.Module):
         numeric = batch["numeric"].clamp(-NUMERIC_CLIP, NUMERIC_CLIP)
         inputs = torch.cat([numeric, batch["numeric_missing"]], dim=1)
         logits = torch.cat([tower(inputs) for tower in self.towers], dim=1)
-        return logits if self.training else logits.mean(dim=1)
+        return logits if self.training and len(self.towers) > 1 else logits.mean(dim=1)
