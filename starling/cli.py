@@ -141,6 +141,12 @@ def features_online(workdir: Path, user_ids: tuple[int, ...], movie_ids: tuple[i
     help="Days between the cut-offs of consecutive training windows.",
 )
 @click.option(
+    "--refit/--no-refit",
+    default=True,
+    show_default=True,
+    help="Retrain the selected model on the windows up to the test cut-off before publishing it.",
+)
+@click.option(
     "--publish/--no-publish",
     default=True,
     show_default=True,
@@ -153,6 +159,7 @@ def train(
     windows: int,
     horizon_days: float,
     step_days: float,
+    refit: bool,
     publish: bool,
 ) -> None:
     """Train ranking model(s) on recalled candidates and write a versioned artifact under WORKDIR/models.
@@ -164,7 +171,9 @@ def train(
     from training.train import train_command
 
     config = WindowConfig(horizon_days=horizon_days, step_days=step_days, windows=windows)
-    report = train_command(workdir, model_name, epochs=epochs, publish=publish, windows=config)
+    report = train_command(
+        workdir, model_name, epochs=epochs, publish=publish, windows=config, refit_serving=refit
+    )
     click.echo(report.summary())
 
 

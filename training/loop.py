@@ -124,12 +124,15 @@ def listwise_loss(
 def fit_ranking(
     model: nn.Module,
     train: EncodedGroups,
-    valid: EncodedGroups,
+    valid: EncodedGroups | None,
     config: ModelConfig,
     device: torch.device | None = None,
     description: str = "train",
 ) -> FitResult:
-    """Train ``model`` in place on grouped candidates; on return it holds its best valid-NDCG@10 epoch."""
+    """Train ``model`` in place on grouped candidates; on return it holds its best valid-NDCG@10 epoch.
+
+    Without ``valid`` (a refit on more recent windows after selection) it trains exactly ``max_epochs``.
+    """
     from training.ranking_metrics import grouped_auc, grouped_ndcg
 
     seed_everything(config.seed)
@@ -137,8 +140,9 @@ def fit_ranking(
     model.to(device)
     features = {key: value.to(device) for key, value in train.features.items()}
     labels = train.labels.to(device)
-    valid_features = {key: value.to(device) for key, value in valid.features.items()}
-    valid_labels = valid.labels.numpy()
+    if valid is not None:
+        valid_features = {key: value.to(device) for key, value in valid.features.items()}
+        valid_labels = valid.labels.numpy()
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -184,6 +188,12 @@ def fit_ranking(
                 EpochStats(epoch, train_loss, None, None, time.perf_counter() - epoch_started)
             )
             break
+        if valid is None:
+            result.history.append(
+                EpochStats(epoch, train_loss, None, None, time.perf_counter() - epoch_started)
+            )
+            result.best_epoch = epoch
+            continue
         scores = predict_logits(model, valid_features)
         if not np.isfinite(scores).all():
             result.failure = f"non-finite valid scores after epoch {epoch}"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,7 @@ class RankingData:
     train: EncodedGroups
     valid: EncodedGroups  # the valid groups of users with history (those the ranker serves)
     windows: list[tuple[datetime, datetime]]
+    window_config: WindowConfig = field(default_factory=WindowConfig)
     tuning: dict[str, Any] = field(default_factory=dict)
     spec_path: Path | None = None
     samples_path: Path | None = None
@@ -160,31 +161,18 @@ def prepare_ranking_data(
     params = params or RecallParams(popular_half_life_days=float(tuned.params["half_life_days"]))
     recall_size = settings.recall_size
 
-    train_sets = []
-    chosen = training_windows(ratings, valid_cutoff, windows)
-    for start, end in chosen:  # one snapshot per training window
-        snapshot = snapshot_as_of(ratings, movies, start, params, settings.like_threshold)
-        targets = window_targets(ratings, start, end, settings.like_threshold)
-        users = np.unique(targets["user_id"].to_numpy())
-        if not windows.include_cold:
-            users = users[np.isin(users, snapshot.history.user_ids)]
-        users = sample_users(users, windows.max_users, salt=start.isoformat())
-        if len(users):
-            train_sets.append(
-                build_candidate_set(start.date().isoformat(), snapshot, targets, users, recall_size)
-            )
+    chosen, train_sets = window_sets(ratings, movies, valid_cutoff, windows, params)
     if not train_sets:
         raise StarlingError(
-            f"{workdir}: no training window before the valid cut-off {valid_cutoff:%Y-%m-%d} has users with "
-            "history who liked something next; more data (or a smaller --horizon) is needed"
+            f"{workdir}: no training window before the valid cut-off {valid_cutoff:%Y-%m-%d} has users who "
+            "liked something next; more data (or a smaller --horizon-days) is needed"
         )
     valid_snapshot = snapshot_as_of(ratings, movies, valid_cutoff, params, settings.like_threshold)
     valid_targets = window_targets(ratings, valid_cutoff, test_cutoff, settings.like_threshold)
     valid_set = build_candidate_set("valid", valid_snapshot, valid_targets, valid_task.user_ids, recall_size)
 
     spec = base_spec.with_candidate_stats(pl.concat([s.frame() for s in train_sets]))
-    learnable = [s.select(np.flatnonzero(np.add.reduceat(s.labels, s.offsets[:-1]) > 0)) for s in train_sets]
-    learnable = [s for s in learnable if s.groups]
+    learnable = learnable_sets(train_sets)
     if not learnable:
         raise StarlingError(f"{workdir}: recall found none of the movies liked in any training window")
     warm_valid = valid_set.select(np.flatnonzero(valid_set.known))
@@ -205,10 +193,40 @@ def prepare_ranking_data(
         train=encode_candidate_sets(learnable, spec),
         valid=encode_candidate_sets([warm_valid], spec),
         windows=chosen,
+        window_config=windows,
         tuning={"popular_half_life_days": tuned.grid},
         spec_path=spec_path,
         samples_path=workdir / "features" / "samples.parquet",
     )
+
+
+def window_sets(
+    ratings: pl.DataFrame,
+    movies: pl.DataFrame,
+    cutoff: datetime,
+    windows: WindowConfig,
+    params: RecallParams,
+) -> tuple[list[tuple[datetime, datetime]], list[CandidateSet]]:
+    """The training windows ending at ``cutoff`` and, for each, the candidate set of its snapshot."""
+    settings = get_settings()
+    chosen, sets = training_windows(ratings, cutoff, windows), []
+    for start, end in chosen:  # one snapshot per training window
+        snapshot = snapshot_as_of(ratings, movies, start, params, settings.like_threshold)
+        targets = window_targets(ratings, start, end, settings.like_threshold)
+        users = np.unique(targets["user_id"].to_numpy())
+        if not windows.include_cold:
+            users = users[np.isin(users, snapshot.history.user_ids)]
+        users = sample_users(users, windows.max_users, salt=start.isoformat())
+        if len(users):
+            name = start.date().isoformat()
+            sets.append(build_candidate_set(name, snapshot, targets, users, settings.recall_size))
+    return chosen, sets
+
+
+def learnable_sets(sets: list[CandidateSet]) -> list[CandidateSet]:
+    """The groups a ranking loss can learn from: those where recall found a movie the user liked next."""
+    kept = [s.select(np.flatnonzero(np.add.reduceat(s.labels, s.offsets[:-1]) > 0)) for s in sets]
+    return [s for s in kept if s.groups]
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -260,6 +278,30 @@ def train_one(
     return model, outcome
 
 
+def refit(data: RankingData, outcome: ModelOutcome) -> tuple[nn.Module, dict[str, Any]]:
+    """The selected model trained again, with the epochs selection found best, on the training windows that
+    end at the *test* cut-off: the validation period's behaviour is learnt too, and nothing after the test
+    cut-off is (so `starling evaluate` still measures the served model honestly)."""
+    windows, sets = window_sets(data.ratings, data.movies, data.test_cutoff, data.window_config, data.params)
+    learnable = learnable_sets(sets)
+    if not learnable:
+        raise StarlingError("refit: no training window before the test cut-off has a learnable group")
+    encoded = encode_candidate_sets(learnable, data.spec)
+    config = replace(outcome.config, max_epochs=max(outcome.fit.best_epoch or 1, 1))
+    seed_everything(config.seed)
+    model = build_model(outcome.name, data.spec, config)
+    result = fit_ranking(model, encoded, None, config, training_device(), description=f"{outcome.name} refit")
+    info = {
+        "model": outcome.name,
+        "windows_end": data.test_cutoff.isoformat(),
+        "windows": len(windows),
+        "train_groups": encoded.groups,
+        "epochs": config.max_epochs,
+        "failure": result.failure,
+    }
+    return model.cpu().eval(), info
+
+
 @dataclass
 class TrainReport:
     version: str
@@ -270,6 +312,7 @@ class TrainReport:
     outcomes: dict[str, ModelOutcome]
     row_counts: dict[str, int]
     seconds: float
+    refit: dict[str, Any] | None = None
 
     def summary(self) -> str:
         lines = [
@@ -288,6 +331,11 @@ class TrainReport:
             )
         for name, value in self.baselines.items():
             lines.append(f"{name:<14} {'':>6} {'':>4} {'':>8} {value:>9.4f}")
+        if self.refit:
+            lines.append(
+                f"{self.refit['model']} refit for serving: {self.refit['epochs']} epochs on "
+                f"{self.refit['train_groups']:,} groups of the windows before {self.refit['windows_end'][:10]}"
+            )
         state = "published as current" if self.published else "not published (--no-publish)"
         lines.append(f"serving model: {self.serving_model}; {state}; {self.seconds:.1f} s")
         return "\n".join(lines)
@@ -301,6 +349,7 @@ def train_command(
     publish: bool = True,
     windows: WindowConfig | None = None,
     configs: dict[str, ModelConfig] | None = None,
+    refit_serving: bool = True,
 ) -> TrainReport:
     """Train ``model_name`` (or every model for ``all``) into a new version."""
     names = model_names_for(model_name)
@@ -310,6 +359,7 @@ def train_command(
     data = prepare_ranking_data(workdir, windows)
     return run_training(
         workdir, data, names, default_config(names[0], epochs), publish=publish, configs=configs,
+        refit_serving=refit_serving,
     )  # fmt: skip
 
 
@@ -328,8 +378,9 @@ def run_training(
     config: ModelConfig,
     publish: bool = True,
     configs: dict[str, ModelConfig] | None = None,
+    refit_serving: bool = True,
 ) -> TrainReport:
-    """Steps 4-6: train, select, write the version, gate, publish. ``configs`` overrides per model."""
+    """Steps 4-6: train, select, refit, write the version, gate, publish. ``configs`` overrides per model."""
     from training.recall_fit import fit_recall_state
 
     started = time.perf_counter()
@@ -360,6 +411,11 @@ def run_training(
         baselines["popularity"],
         serving_model,
     )
+    refit_info = None
+    if refit_serving and serving_model is not None and not refused:
+        models[serving_model], refit_info = refit(data, outcomes[serving_model])
+        if refit_info["failure"]:
+            refused[serving_model] = f"refit failed: {refit_info['failure']}"
     recall_state = fit_recall_state(
         data.ratings, data.movies["movie_id"].to_numpy(), data.params, settings.like_threshold
     )
@@ -371,7 +427,7 @@ def run_training(
     try:
         path = _write_version(
             writer, data, models, outcomes, baselines, recall_state, fingerprint,
-            serving_model, refused,
+            serving_model, refused, refit_info,
         )  # fmt: skip
     except BaseException:
         writer.abandon()
@@ -386,7 +442,7 @@ def run_training(
         publish_version(models_dir, version)
     return TrainReport(
         version, path, publish, serving_model, baselines, outcomes,
-        data.row_counts(), time.perf_counter() - started,
+        data.row_counts(), time.perf_counter() - started, refit_info,
     )  # fmt: skip
 
 
@@ -400,6 +456,7 @@ def _write_version(
     fingerprint: dict[str, Any],
     serving_model: str | None,
     refused: dict[str, str],
+    refit_info: dict[str, Any] | None,
 ) -> Path:
     data.spec.save(writer.path("feature_spec.json"))
     train_history = data.ratings.filter(pl.col("event_timestamp") < data.valid_cutoff)
@@ -416,6 +473,7 @@ def _write_version(
                 "best_epoch": outcome.fit.best_epoch,
                 "fit": outcome.fit.to_dict(),
                 "feature_spec_version": data.spec.version,
+                "refit": refit_info if name == serving_model else None,
             },
         )
         if outcome.fit.history:
@@ -433,6 +491,7 @@ def _write_version(
         "recall_params": data.params.to_dict(),
         "tuning": data.tuning,
         "rows": data.row_counts(),
+        "refit": refit_info,
     }
     writer.add_json(
         "metrics.json",

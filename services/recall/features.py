@@ -123,12 +123,15 @@ def top_genres(model: RecallModel, profile: UserProfile, top: int = 3) -> np.nda
     return order[counts[order] > 0][:top]
 
 
-def _log_rank_among_positive(scores: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(score, log1p rank among the positive scores) of ``rows``; NaN where there is no positive score."""
+def _log_rank_among_positive(
+    scores: np.ndarray | None, rows: np.ndarray, eligible: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(score, log1p rank among the eligible movies' positive scores) of ``rows``; NaN where there is no
+    positive score. Eligible only: a heavy user's rated movies, which score high, must not push ranks down."""
     if scores is None:
         nan = np.full(len(rows), np.nan)
         return nan, nan
-    positive = np.sort(scores[scores > 0])
+    positive = np.sort(scores[(scores > 0) & eligible])
     values = scores[rows].astype(np.float64)
     rank = len(positive) - np.searchsorted(positive, values, side="right")
     return values, np.where(values > 0, np.log1p(rank), np.nan)
@@ -143,9 +146,10 @@ def _signed_log(values: np.ndarray) -> np.ndarray:
 
 
 def candidate_features(
-    model: RecallModel, profile: UserProfile, rows: np.ndarray, scores: ChannelScores
+    model: RecallModel, profile: UserProfile, rows: np.ndarray, scores: ChannelScores, eligible: np.ndarray
 ) -> np.ndarray:
-    """float32 [len(rows), len(CANDIDATE_FEATURES)]; NaN = missing (the transform flags it)."""
+    """float32 [len(rows), len(CANDIDATE_FEATURES)]; NaN = missing (the transform flags it). ``eligible``:
+    the movies this request may recommend (the ranks of channel scores are among them)."""
     reference = model.reference_s
     n = len(rows)
     out = np.full((n, len(CANDIDATE_FEATURES)), np.nan, dtype=np.float64)
@@ -198,10 +202,10 @@ def candidate_features(
         shares = genre_shares(model, profile.liked_rows)
         movie_genres = model.genre_matrix[rows].astype(np.float64)
         put("genre_affinity", (movie_genres @ shares) / np.maximum(movie_genres.sum(axis=1), 1.0))
-    ease, ease_rank = _log_rank_among_positive(scores.ease, rows)
+    ease, ease_rank = _log_rank_among_positive(scores.ease, rows, eligible)
     put("ease_score", ease)
     put("ease_rank", ease_rank)
-    item2item, item2item_rank = _log_rank_among_positive(scores.item2item, rows)
+    item2item, item2item_rank = _log_rank_among_positive(scores.item2item, rows, eligible)
     put("item2item_score", item2item)
     put("item2item_rank", item2item_rank)
     if scores.user_vector is not None:

@@ -207,5 +207,5 @@ def recall(
     else:
         genres = np.empty(0, dtype=np.int64)
     rows, channel_score, names = merge_channels(channels, quotas, n)
-    features = candidate_features(model, profile, rows, scores)
+    features = candidate_features(model, profile, rows, scores, eligible)
     return RecallResult(rows, channel_score, names, features, scores.user_vector, genres)

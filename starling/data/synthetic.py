@@ -5,8 +5,11 @@ popularity, a quality bias and a small free latent vector. Users have a taste ve
 genres plus noise), a free latent vector, a rating bias, and an activity window of a few days to years.
 
 A user's movies are a sample without replacement (Gumbel top-k) with log-weights ``SELECTION_AFFINITY *
-affinity + popularity``; the rating is ``RATING_BASE + user bias + movie bias + RATING_AFFINITY * affinity + noise`` in
-half stars, so liking a movie's genres raises both the chance of rating it and the rating.
+affinity + popularity - AGE_DECAY * age``, among the movies released by the end of their activity window
+(``age``: the movie's age in years at the middle of the window); each rating falls in the window, never before
+the movie's release year. So, as in MovieLens, people mostly rate what is recent when they are active, and a
+movie's ratings start with its release. The rating is ``RATING_BASE + user bias + movie bias + RATING_AFFINITY *
+affinity + noise`` in half stars, so liking a movie's genres raises both the chance of rating it and the rating.
 
 Ratings are generated in blocks of users (numpy, no per-rating Python) and streamed to parquet, then DuckDB
 sorts them into ``ratings.parquet`` with bounded memory: 25M ratings stay within a few GB.
@@ -73,6 +76,7 @@ SELECTION_AFFINITY = 2.0  # weight of taste in which movies a user rates
 RATING_AFFINITY = 1.2  # weight of taste in the rating
 RATING_BASE, RATING_NOISE = 3.5, 0.7  # with the biases: mean ~3.5, std ~1, like MovieLens
 ZIPF_EXPONENT = 1.0
+AGE_DECAY = 0.12  # log-weight lost per year of a movie's age when a user is active (recency of attention)
 WINDOW_START = datetime(1996, 1, 1, tzinfo=UTC)
 WINDOW_END = datetime(2018, 9, 1, tzinfo=UTC)
 BLOCK_CELLS = 16_000_000  # users x movies per generation block (a few hundred MB of float32 scratch)
@@ -159,6 +163,7 @@ def make_world(n_ratings: int, seed: int = DEFAULT_SEED) -> World:
     window = int((WINDOW_END - WINDOW_START).total_seconds())
     user_span = np.minimum(np.exp(rng.normal(np.log(200 * 86_400), 1.8, n_users)), window).astype(np.int64)
     user_start = int(WINDOW_START.timestamp()) + (rng.random(n_users) * (window - user_span)).astype(np.int64)
+    user_end = user_start + user_span
 
     return World(
         movie_genres=movie_genres,
@@ -170,20 +175,39 @@ def make_world(n_ratings: int, seed: int = DEFAULT_SEED) -> World:
         user_taste=user_taste.astype(np.float32),
         user_latent=(rng.normal(0, 1, (n_users, LATENT_DIM)) / np.sqrt(LATENT_DIM)).astype(np.float32),
         user_bias=rng.normal(0.0, 0.4, n_users).astype(np.float32),
-        user_counts=_ratings_per_user(n_ratings, n_users, n_movies, rng),
+        user_counts=_ratings_per_user(n_ratings, n_users, _released_by(release_year, user_end), rng),
         user_start=user_start,
         user_span=user_span,
     )
 
 
-def _ratings_per_user(n_ratings: int, n_users: int, n_movies: int, rng: np.random.Generator) -> np.ndarray:
-    """Heavy-tailed counts that sum to exactly ``n_ratings``, at most 80% of the movies each."""
-    cap = max(1, int(0.8 * n_movies))
-    if n_ratings > cap * n_users:
-        raise StarlingError(f"synthetic:{n_ratings} is too many ratings for {n_users} users x {cap} movies")
-    base = min(MIN_RATINGS_PER_USER, n_ratings // n_users)
+def _year_of(seconds: np.ndarray) -> np.ndarray:
+    return 1970.0 + seconds / (365.2425 * 86_400)
+
+
+def _year_start(year: np.ndarray) -> np.ndarray:
+    """Seconds since the epoch of 1 January of each year."""
+    return (np.asarray(year, dtype=np.int64) - 1970).astype("datetime64[Y]").astype("datetime64[s]").astype(np.int64)
+
+
+def _released_by(release_year: np.ndarray, user_end: np.ndarray) -> np.ndarray:
+    """How many movies each user can rate: those released in or before the last year of their window."""
+    years = np.sort(release_year)
+    return np.searchsorted(years, np.floor(_year_of(user_end)), side="right")
+
+
+def _ratings_per_user(
+    n_ratings: int, n_users: int, available: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Heavy-tailed counts that sum to exactly ``n_ratings``, at most 80% of each user's available movies."""
+    cap = np.maximum(1, (0.8 * available).astype(np.int64))
+    if n_ratings > int(cap.sum()):
+        raise StarlingError(
+            f"synthetic:{n_ratings} is too many ratings for {n_users} users (at most {int(cap.sum())} here)"
+        )
+    base = np.minimum(min(MIN_RATINGS_PER_USER, n_ratings // n_users), cap)
     weights = rng.lognormal(0.0, 1.2, n_users)
-    counts = np.full(n_users, base, dtype=np.int64)
+    counts = base.astype(np.int64)
     while (missing := n_ratings - int(counts.sum())) > 0:  # one pass almost always; a few when capping bites
         room = cap - counts
         open_weights = np.where(room > 0, weights, 0.0)
@@ -196,7 +220,11 @@ def generate_ratings(world: World, users: np.ndarray, rng: np.random.Generator) 
     counts = world.user_counts[users]
     users, counts = users[counts > 0], counts[counts > 0]
     affinity = world.affinity(users)
-    keys = SELECTION_AFFINITY * affinity + world.movie_popularity
+    user_end = world.user_start[users] + world.user_span[users]
+    middle_year = _year_of(world.user_start[users] + world.user_span[users] / 2)
+    age = np.maximum(middle_year[:, None] - world.release_year[None, :], 0.0)
+    keys = SELECTION_AFFINITY * affinity + world.movie_popularity - (AGE_DECAY * age).astype(np.float32)
+    keys[world.release_year[None, :] > np.floor(_year_of(user_end))[:, None]] = -np.inf  # not yet released
     exponential = rng.standard_exponential(size=keys.shape, dtype=np.float32)
     keys -= np.log(
         np.maximum(exponential, np.finfo(np.float32).tiny, out=exponential), out=exponential
@@ -216,9 +244,9 @@ def generate_ratings(world: World, users: np.ndarray, rng: np.random.Generator) 
     )
     rating = np.clip(np.round(raw_rating * 2) / 2, 0.5, 5.0).astype(np.float32)
 
-    seconds = world.user_start[user_index] + (
-        rng.random(len(movie_index)) * world.user_span[user_index]
-    ).astype(np.int64)
+    earliest = np.maximum(world.user_start[user_index], _year_start(world.release_year[movie_index]))
+    latest = world.user_start[user_index] + world.user_span[user_index]
+    seconds = earliest + (rng.random(len(movie_index)) * np.maximum(latest - earliest, 0)).astype(np.int64)
     return pa.table(
         {
             "user_id": pa.array(user_index + 1, pa.int64()),
