@@ -15,8 +15,8 @@ are *cold*, the others *warm*, and every figure is reported for all, warm and co
 - ``coverage``: the share of the evaluated likes among recall's candidates, per channel and in all.
 - ``stages``: NDCG@10 of recall's order, of the ranker's order and after re-ranking (the served list), and
   the ranker's per-user AUC over the candidates (a diagnostic, not a goal).
-- ``leave_last_out``: each user's last rating held out (users whose last rating falls after the valid
-  cut-off, so that no training label is among them), everything else as history.
+- ``leave_last_out``: each user's last rating held out (users whose last rating falls after the test
+  cut-off, so that no training label, refit included, is among them), everything else as history.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ def goals(segments: dict[str, dict[str, dict[str, float]]], bootstrap: dict[str,
         "ease": ease,
         "ratio": segments["warm"]["pipeline"]["recall@50"] / ease if ease and ease > 0 else float("nan"),
         "target_ratio": WARM_GAIN,
-        "note": "the goal applies to synthetic data with planted tastes (tests/test_quality_synthetic.py)",
+        "note": "the goal applies to synthetic data with planted tastes (tests/test_quality.py)",
     }
     return out
 
@@ -310,12 +310,12 @@ def evaluate_protocol(
 
 
 def leave_last_out(inputs: EvaluationInputs, valid: RetrievalTask) -> dict[str, Any]:
-    """Each user's last rating held out, for users whose last rating is after the valid cut-off."""
+    """Each user's last rating held out, for users whose last rating is after the test cut-off."""
     settings = get_settings()
     ordered = inputs.ratings.sort("user_id", "event_timestamp", "movie_id")
     last = ordered.group_by("user_id", maintain_order=True).last()
     held_out = last.filter(
-        (pl.col("event_timestamp") >= inputs.valid_cutoff) & (pl.col("rating") >= settings.like_threshold)
+        (pl.col("event_timestamp") >= inputs.test_cutoff) & (pl.col("rating") >= settings.like_threshold)
     )
     keys = ["user_id", "movie_id", "event_timestamp"]
     history = ordered.join(held_out.select(keys), on=keys, how="anti")

@@ -207,6 +207,7 @@ class RecallModel:
     neighbour_scores: np.ndarray
     vectors: np.ndarray  # float32 [movies, f] (ALS factors; genre means for movies new since the snapshot)
     in_snapshot: np.ndarray  # bool [movies]: the snapshot knew the movie
+    has_vector: np.ndarray  # bool [movies]
 
     @property
     def params(self) -> RecallParams:
@@ -220,9 +221,6 @@ class RecallModel:
     def reference_year(self) -> float:
         return 1970.0 + self.state.reference_s / (365.2425 * SECONDS_PER_DAY)
 
-    @property
-    def has_vector(self) -> np.ndarray:
-        return np.any(self.vectors != 0, axis=1)
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         return sorted_positions(self.movie_ids, ids)
@@ -271,6 +269,7 @@ class RecallModel:
             raise StarlingError("the live catalog lost movies that the recall state's EASE model covers")
         ease_index = np.full(len(movie_ids), -1, dtype=np.int64)
         ease_index[ease_rows] = np.arange(len(ease_rows))
+        vectors = new_movie_vectors(take(state.als_factors, 0.0), found, genre_matrix)
         neighbour_ids = take(state.neighbour_ids, -1)
         neighbour_rows = sorted_positions(movie_ids, neighbour_ids.ravel()).reshape(neighbour_ids.shape)
         return cls(
@@ -293,8 +292,9 @@ class RecallModel:
             ease_index=ease_index,
             neighbour_rows=neighbour_rows.astype(np.int64),
             neighbour_scores=take(state.neighbour_scores, 0.0),
-            vectors=new_movie_vectors(take(state.als_factors, 0.0), found, genre_matrix),
+            vectors=vectors,
             in_snapshot=found,
+            has_vector=np.any(vectors != 0, axis=1),
         )
 
 
