@@ -181,7 +181,8 @@ def train(
 @click.argument("workdir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics object as JSON instead of a table.")
 def evaluate(workdir: Path, as_json: bool) -> None:
-    """Evaluate ranking models, item embeddings and the full pipeline against baselines on the test split."""
+    """The served pipeline (replayed offline) against tuned baselines on the test period: all, warm and cold
+    users, bootstrap intervals, recall coverage, per-stage quality, the goals, and leave-last-out."""
     from training.evaluate import evaluate as run
     from training.evaluate import format_table
 

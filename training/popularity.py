@@ -1,6 +1,7 @@
-"""The popularity baseline: a movie's number of ratings in the train split is its score for every user.
+"""The all-time popularity scorer: a movie's number of ratings in the train split is its score for every user.
 
-The quality gate compares each ranking model's valid AUC with this scorer's; evaluation reports it too.
+Stored in each artifact (popularity.parquet) as the reference the quality gate's popularity baseline stands
+for; retrieval baselines (training/baselines.py) count ratings before each cut-off the same way.
 """
 
 from __future__ import annotations

@@ -221,7 +221,6 @@ class RecallModel:
     def reference_year(self) -> float:
         return 1970.0 + self.state.reference_s / (365.2425 * SECONDS_PER_DAY)
 
-
     def positions(self, ids: np.ndarray) -> np.ndarray:
         return sorted_positions(self.movie_ids, ids)
 

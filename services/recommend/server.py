@@ -3,9 +3,12 @@ deadlines (cut to the caller's own deadline); a stage that fails or times out is
 and named in ``degraded``:
 
 - candidates down: exclude only what the request excludes;
-- recall down: the most popular eligible movies;
+- recall down: the most popular eligible movies (the ranker is skipped: it needs recall's candidate features);
 - ranker down: recall's order; user features missing: the ranker's defaults (reported as "features");
 - rerank down: top k by score.
+
+Users without history take the cold path: recall's list (recent popularity) is kept, the ranker is not called.
+The same decisions are plain functions in logic.py, which the offline replay (training/replay.py) calls too.
 """
 
 from __future__ import annotations

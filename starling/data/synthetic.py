@@ -187,7 +187,12 @@ def _year_of(seconds: np.ndarray) -> np.ndarray:
 
 def _year_start(year: np.ndarray) -> np.ndarray:
     """Seconds since the epoch of 1 January of each year."""
-    return (np.asarray(year, dtype=np.int64) - 1970).astype("datetime64[Y]").astype("datetime64[s]").astype(np.int64)
+    return (
+        (np.asarray(year, dtype=np.int64) - 1970)
+        .astype("datetime64[Y]")
+        .astype("datetime64[s]")
+        .astype(np.int64)
+    )
 
 
 def _released_by(release_year: np.ndarray, user_end: np.ndarray) -> np.ndarray:

@@ -201,7 +201,11 @@ class FeatureSpec:
         return len(self.vocabularies[name]) + 1
 
     def _content(self) -> dict[str, Any]:
-        content = {"format": SPEC_FORMAT, "vocabularies": self.vocabularies, "numeric_stats": self.numeric_stats}
+        content = {
+            "format": SPEC_FORMAT,
+            "vocabularies": self.vocabularies,
+            "numeric_stats": self.numeric_stats,
+        }
         if self.candidate_stats:
             content["candidate_stats"] = self.candidate_stats
         return content

@@ -86,7 +86,9 @@ def encode_numeric(values: np.ndarray, spec: FeatureSpec, first: int = 0) -> dic
     columns = slice(first, first + values.shape[1])
     absent = np.isnan(values)
     buckets = np.empty(values.shape, dtype=np.int64)
-    for j, bounds in enumerate(boundaries[columns]):  # one searchsorted per numeric field, vectorized over rows
+    for j, bounds in enumerate(
+        boundaries[columns]
+    ):  # one searchsorted per numeric field, vectorized over rows
         buckets[:, j] = np.searchsorted(bounds, values[:, j], side="right") + 1
     return {
         "numeric": np.where(absent, 0.0, (values - means[columns]) / stds[columns]).astype(np.float32),
