@@ -236,7 +236,9 @@ def test_starling_train_selects_on_the_served_pipeline_and_publishes(
     scores = {name: entry["pipeline_valid_ndcg@10"] for name, entry in manifest["models"].items()}
     assert manifest["serving_model"] == max(scores, key=scores.__getitem__)
     assert f"serving model: {manifest['serving_model']}; published as current" in result.output
-    assert scores[manifest["serving_model"]] > manifest["gate"]["popularity_valid_ndcg@10"]
+    gate_baselines = manifest["gate"]["baselines_valid_ndcg@10"]
+    assert set(gate_baselines) == {"popularity", "pipeline_without_ranker"}
+    assert all(scores[manifest["serving_model"]] > value for value in gate_baselines.values())
     assert artifact.recall_state is not None and manifest["recall_state"] == "recall"
     assert artifact.spec.candidate_stats, "the artifact's spec carries the candidate features' statistics"
     windows = manifest["training"]["windows"]

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from starling.config import get_settings
-from training.ltr import EncodedGroups
+from training.ltr import EncodedGroups, group_rows
 from training.models.base import ModelConfig
 
 PREDICT_BATCH_SIZE = 65_536
@@ -91,18 +91,6 @@ def predict_logits(
     return torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
 
 
-def _group_rows(offsets: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of ``groups`` (in that order) and each row's position among ``groups``."""
-    sizes = offsets[groups + 1] - offsets[groups]
-    local = np.repeat(np.arange(len(groups)), sizes)
-    rows = (
-        np.repeat(offsets[groups], sizes)
-        + np.arange(sizes.sum())
-        - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    )
-    return rows, local
-
-
 def listwise_loss(
     logits: torch.Tensor, labels: torch.Tensor, group: torch.Tensor, groups: int
 ) -> torch.Tensor:
@@ -167,7 +155,7 @@ def fit_ranking(
         loss_sum = torch.zeros((), device=device)
         order = torch.randperm(train.groups, generator=generator).numpy()
         for start in range(0, train.groups, groups_per_batch):
-            rows, local = _group_rows(train.offsets, order[start : start + groups_per_batch])
+            rows, local = group_rows(train.offsets, order[start : start + groups_per_batch])
             rows_t = torch.from_numpy(rows).to(device)
             batch = {key: value[rows_t] for key, value in features.items()}
             n_groups = int(local[-1]) + 1

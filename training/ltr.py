@@ -68,14 +68,31 @@ def training_windows(
     return windows
 
 
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer over uint64 values: a fast, well-mixed, deterministic hash."""
+    x = values.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 def sample_users(user_ids: np.ndarray, limit: int, salt: str) -> np.ndarray:
     """At most ``limit`` of ``user_ids`` (sorted), chosen by a hash of (salt, id): deterministic, unbiased."""
     if len(user_ids) <= limit:
         return user_ids
-    keys = np.array(
-        [hashlib.blake2b(f"{salt}:{u}".encode(), digest_size=8).digest() for u in user_ids.tolist()]
-    )
+    seed = np.uint64(int.from_bytes(hashlib.blake2b(salt.encode(), digest_size=8).digest(), "little"))
+    keys = _mix64(np.asarray(user_ids, dtype=np.int64).view(np.uint64) ^ seed)
     return np.sort(user_ids[np.argsort(keys, kind="stable")[:limit]])
+
+
+def group_rows(offsets: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of ``groups`` (in that order; group g is rows offsets[g]:offsets[g + 1]) and, per row, the
+    position of its group among ``groups``."""
+    sizes = offsets[groups + 1] - offsets[groups]
+    local = np.repeat(np.arange(len(groups)), sizes)
+    starts = np.repeat(offsets[groups] - (np.cumsum(sizes) - sizes), sizes)
+    return starts + np.arange(int(sizes.sum())), local
 
 
 @dataclass
@@ -109,9 +126,8 @@ class CandidateSet:
 
     def select(self, groups: np.ndarray) -> CandidateSet:
         """The subset of groups ``groups`` (sorted indices)."""
-        starts, ends = self.offsets[groups], self.offsets[groups + 1]
-        rows = np.concatenate([np.arange(a, b) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)])
-        sizes = ends - starts
+        rows, _ = group_rows(self.offsets, groups)
+        sizes = self.offsets[groups + 1] - self.offsets[groups]
         return CandidateSet(
             self.name,
             self.user_ids[groups],
