@@ -115,8 +115,8 @@ def features_online(workdir: Path, user_ids: tuple[int, ...], movie_ids: tuple[i
     "model_name",
     default="rank_mlp",
     show_default=True,
-    help="rank_mlp, embedding_mlp, wide_deep, neural_cf, deepfm, din, or `all` (every model and the item "
-    "embeddings); the best on the served pipeline's validation NDCG@10 serves.",
+    help="rank_mlp, embedding_mlp, wide_deep, neural_cf, deepfm, din, or `all` (every model); the best on "
+    "the served pipeline's validation NDCG@10 serves.",
 )
 @click.option("--epochs", type=int, default=None, help="Maximum epochs (early stopping may end sooner).")
 @click.option(
@@ -165,7 +165,8 @@ def train(
     """Train ranking model(s) on recalled candidates and write a versioned artifact under WORKDIR/models.
 
     Every model learns from what recall returns at past cut-offs, labelled by what each user liked next; the
-    best on the served pipeline's validation NDCG@10 serves, if it beats popularity (else exit 2).
+    best on the served pipeline's validation NDCG@10 serves, if it beats popularity and the same pipeline
+    without a ranker (else exit 2).
     """
     from training.ltr import WindowConfig
     from training.train import train_command

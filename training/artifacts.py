@@ -2,7 +2,7 @@
 
 Layout of a version (every file is listed with its sha256 in ``manifest.json``)::
 
-    manifest.json            format, version, serving model, models, item embeddings, gate, files
+    manifest.json            format, version, serving model, models, recall state, gate, files
     fingerprint.json         sha256 of samples.parquet, feature spec version, row counts per split
     metrics.json             valid/test metrics of every model and of the popularity baseline
     feature_spec.json        the spec the models were trained with (with their candidate-feature statistics)
@@ -10,7 +10,6 @@ Layout of a version (every file is listed with its sha256 in ``manifest.json``):
     recall/                  the recall state served with the models (params.json, state.npz)
     <model>/weights.pt       state_dict (torch.save); read back only with torch.load(weights_only=True)
     <model>/config.json      model name, hyperparameters, metrics, epochs, best epoch, history
-    item_embeddings/<method>.parquet
     learning_curves/<model>.png
 
 A version is assembled in a hidden staging directory and renamed into place, so a reader never sees half of
@@ -48,7 +47,6 @@ MANIFEST_KEYS = (
     "version",
     "serving_model",
     "models",
-    "item_embeddings",
     "feature_spec",
     "popularity",
     "files",
@@ -198,7 +196,6 @@ class Artifact:
     spec: FeatureSpec
     models: dict[str, nn.Module]
     configs: dict[str, dict[str, Any]]
-    item_embeddings: dict[str, pl.DataFrame]
     popularity: PopularityScorer
     recall_state: RecallState | None = None
 
@@ -255,9 +252,6 @@ def load_artifact(path: Path) -> Artifact:
         except (RuntimeError, OSError, KeyError, pickle.UnpicklingError) as exc:
             raise ArtifactError(f"{weights_path}: cannot load the {name} weights ({exc})") from exc
         models[name] = model.eval()
-    item_embeddings = {
-        method: pl.read_parquet(path / relative) for method, relative in manifest["item_embeddings"].items()
-    }
     popularity = PopularityScorer.load(path / manifest["popularity"])
     recall_state = RecallState.load(path / manifest["recall_state"]) if manifest.get("recall_state") else None
-    return Artifact(path, manifest, spec, models, configs, item_embeddings, popularity, recall_state)
+    return Artifact(path, manifest, spec, models, configs, popularity, recall_state)

@@ -525,7 +525,6 @@ def _write_version(
                 }
                 for name, outcome in outcomes.items()
             },
-            "item_embeddings": {},
             "gate": gate,
             "training": training,
         }
