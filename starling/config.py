@@ -100,6 +100,17 @@ class Settings(BaseSettings):
         None, description="Re-ranking rules YAML; default services/rerank/rules.yaml."
     )
 
+    # --- authentication (starling/auth.py, services/common/auth.py) -------------------------------------------
+    api_keys_file: Path | None = Field(
+        None, description="Hashed API keys the services accept; default WORKDIR/secrets/api_keys.json."
+    )
+    api_token: str = Field(
+        "", description="Bearer token this client sends; default WORKDIR/secrets/api-token."
+    )
+    auth_reads: bool = Field(
+        False, description="Require a token (scope `read`) for reads too, not only writes."
+    )
+
     # --- web (services/web: HTTP gateway and pages) --------------------------------------------------------
     web_port: int = Field(8088, description="HTTP port of the web gateway (pages, /api, /healthz, /metrics).")
     web_recommend_target: str = Field(
@@ -107,6 +118,15 @@ class Settings(BaseSettings):
         description="host:port of the Recommend/Catalog services for the gateway; default 127.0.0.1:recommend_port.",
     )
     web_timeout_s: float = Field(5.0, description="Deadline of each gRPC call the web gateway makes.")
+    web_open_sign_in: bool = Field(
+        True, description="POST /api/session signs a browser in as any user (the demo has no accounts)."
+    )
+    web_session_secret: str = Field(
+        "", description="HMAC key of session cookies (shared by replicas); empty = random per process."
+    )
+    web_allowed_origins: str = Field(
+        "", description="Comma-separated origins, besides the gateway's own, allowed to write (CORS-less)."
+    )
 
 
 def stage_target(settings: Settings, stage: Literal["candidates", "recall", "rerank", "ranker"]) -> str:

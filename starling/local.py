@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from starling.auth import ensure_local_key
 from starling.config import REPO_ROOT, Settings, get_settings
 from starling.errors import StarlingError
 
@@ -139,6 +140,7 @@ def up(workdir: Path, timeout_s: float = 180.0, settings: Settings | None = None
         )
     logs = run_dir(workdir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    ensure_local_key(settings.model_copy(update={"workdir": workdir}))  # writes need it; see starling/auth.py
     env = service_environment(workdir, settings)
     for name in SERVICES:  # before starting anything, so a refusal leaves nothing behind
         port = _port(settings, name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,6 +226,19 @@ BAD_VALUES = [
         "/services/rerank/autoscaling",
         "boolean",
     ),
+    (
+        {"services": {"recommend": {"resources": {"limits": {"cpu": None}}}}},
+        "/services/recommend/resources/limits",
+        "missing property 'cpu'",
+    ),
+    ({"training": {"resources": {"requests": None}}}, "/training/resources", "missing property 'requests'"),
+    ({"networkPolicy": {"dns": {"to": []}}}, "/networkPolicy/dns/to", "minItems"),
+    (
+        {"networkPolicy": {"extraEgress": {"recall": [{"ports": [{"port": 443}]}]}}},
+        "/networkPolicy/extraEgress/recall/0",
+        "missing property 'to'",
+    ),
+    ({"networkPolicy": {"redis": {"to": [{"podSelectr": {}}]}}}, "/networkPolicy/redis/to/0", "podSelectr"),
 ]
 
 
@@ -307,18 +321,303 @@ def test_services_have_grpc_probes_ports_and_budgets(rendered: dict[str, list[Ma
 
 def test_network_policies_expose_only_recommend(rendered: dict[str, list[Manifest]]) -> None:
     policies = {p["metadata"]["name"]: p["spec"] for p in find(rendered["default"], "NetworkPolicy")}
-    assert set(policies) == {f"starling-{name}" for name in (*SERVICES, "ranker")}
-    release_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "starling",
-                                                    "app.kubernetes.io/instance": "starling"}}}  # fmt: skip
+    assert set(policies) == {f"starling-{name}" for name in (*SERVICES, "ranker", "training", "default-deny")}
+    recommend_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "starling",
+                                                      "app.kubernetes.io/instance": "starling",
+                                                      "app.kubernetes.io/component": "recommend"}}}  # fmt: skip
     for name, spec in policies.items():
-        assert spec["policyTypes"] == ["Ingress"]
+        assert spec["policyTypes"] == ["Ingress", "Egress"], name
+        if name in ("starling-default-deny", "starling-training"):
+            assert "ingress" not in spec, f"{name} takes no traffic"
+            continue
         serving_rule = spec["ingress"][0]
         if name == "starling-recommend":
             assert "from" not in serving_rule, "recommend takes calls from anywhere by default"
         else:
-            assert serving_rule["from"] == [release_pods], name
+            assert serving_rule["from"] == [recommend_pods], name
     production = {p["metadata"]["name"]: p["spec"] for p in find(rendered["production"], "NetworkPolicy")}
     assert len(production["starling-recommend"]["ingress"][0]["from"]) == 2
+
+
+def pod_labels(manifests: list[Manifest]) -> dict[str, dict[str, str]]:
+    """Object name -> labels of its pods (KServe adds serving.kserve.io/inferenceservice to the ranker's)."""
+    labels = {}
+    for m in manifests:
+        spec = m.get("spec", {})
+        if m["kind"] in ("Deployment", "Job"):
+            labels[m["metadata"]["name"]] = spec["template"]["metadata"]["labels"]
+        elif m["kind"] == "CronJob":
+            labels[m["metadata"]["name"]] = spec["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+        elif m["kind"] == "InferenceService":
+            isvc = {"serving.kserve.io/inferenceservice": m["metadata"]["name"]}
+            labels[m["metadata"]["name"]] = {**spec["predictor"]["labels"], **isvc}
+    return labels
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector matches ``labels``."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        matched = {
+            "In": labels.get(key) in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not matched:
+            return False
+    return True
+
+
+def policies_of(manifests: list[Manifest], labels: dict[str, str]) -> list[dict[str, Any]]:
+    """Specs of the release's NetworkPolicies that select a pod with ``labels`` (all in one namespace)."""
+    return [p["spec"] for p in find(manifests, "NetworkPolicy") if selects(p["spec"]["podSelector"], labels)]
+
+
+def peer_selects(peer: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a NetworkPolicyPeer selects a pod of the release's namespace with ``labels``."""
+    if "ipBlock" in peer:
+        return False
+    namespace = {"kubernetes.io/metadata.name": NAMESPACE}
+    if "namespaceSelector" in peer and not selects(peer["namespaceSelector"], namespace):
+        return False
+    return selects(peer.get("podSelector", {}), labels)
+
+
+def rule_ports(rule: dict[str, Any]) -> set[tuple[Any, str]] | None:
+    """(port, protocol) pairs of a rule; None = every port."""
+    if not rule.get("ports"):
+        return None
+    return {(p.get("port"), p.get("protocol", "TCP")) for p in rule["ports"]}
+
+
+def common_ports(a: set | None, b: set | None) -> bool:
+    return a is None or b is None or bool(a & b)
+
+
+def allowed_ports(
+    manifests: list[Manifest], direction: str, pod: dict[str, str], peer: dict[str, str]
+) -> list[set | None]:
+    """Port sets (None = every port) on which the policies selecting ``pod`` let it talk to ``peer`` in
+    ``direction`` (Ingress or Egress); unrestricted when no policy selecting it has that policy type."""
+    specs = [spec for spec in policies_of(manifests, pod) if direction in spec["policyTypes"]]
+    if not specs:
+        return [None]
+    key, peers = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    return [
+        rule_ports(rule)
+        for spec in specs
+        for rule in spec.get(key, [])
+        if not rule.get(peers) or any(peer_selects(p, peer) for p in rule[peers])
+    ]
+
+
+def release_edges(manifests: list[Manifest]) -> set[tuple[str, str]]:
+    """(from, to) component pairs of the release that the policies let talk: the caller's policies allow the
+    egress and the callee's allow the ingress, on a common port."""
+    pods = {
+        labels.get("app.kubernetes.io/component", name): labels
+        for name, labels in pod_labels(manifests).items()
+    }
+    edges = set()
+    for source, source_labels in pods.items():
+        for target, target_labels in pods.items():
+            out = allowed_ports(manifests, "Egress", source_labels, target_labels)
+            into = allowed_ports(manifests, "Ingress", target_labels, source_labels)
+            if source != target and any(common_ports(a, b) for a in out for b in into):
+                edges.add((source, target))
+    return edges
+
+
+@pytest.mark.parametrize("values", ["default", "production", "gpu"])
+def test_helm_template_renders_default_deny(rendered: dict[str, list[Manifest]], values: str) -> None:
+    manifests = rendered[values]
+    deny = find(manifests, "NetworkPolicy", "starling-default-deny")
+    assert len(deny) == 1
+    spec = deny[0]["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in spec and "egress" not in spec, "default deny has no rules"
+    labels = pod_labels(manifests)
+    assert {"starling-recommend", "starling-ranker", "starling-train-r1", "starling-retrain"} <= set(labels)
+    for name, pod in labels.items():
+        assert selects(spec["podSelector"], pod), f"{name} escapes the default deny"
+    assert not selects(spec["podSelector"], {"app.kubernetes.io/name": "redis"})
+
+
+@pytest.mark.parametrize("values", ["default", "production", "gpu"])
+def test_every_pod_may_resolve_names_and_nothing_else_by_default(
+    rendered: dict[str, list[Manifest]], values: str
+) -> None:
+    manifests = rendered[values]
+    kube_dns = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }
+    for name, labels in pod_labels(manifests).items():
+        egress = [rule for spec in policies_of(manifests, labels) for rule in spec.get("egress", [])]
+        dns = [rule for rule in egress if kube_dns in rule["to"]]
+        assert dns, f"{name} cannot reach the cluster DNS"
+        assert rule_ports(dns[0]) == {(53, "UDP"), (53, "TCP")}, name
+        assert all("Egress" in spec["policyTypes"] for spec in policies_of(manifests, labels)), (
+            f"{name}: a policy that selects it must restrict egress too"
+        )
+    for policy in find(manifests, "NetworkPolicy"):
+        for rule in policy["spec"].get("egress", []):
+            where = policy["metadata"]["name"]
+            assert rule.get("to"), f"{where}: an egress rule without `to` allows every destination"
+            for peer in rule["to"]:
+                assert peer, f"{where}: an empty peer selects every pod"
+                cidr = peer.get("ipBlock", {}).get("cidr", "")
+                assert not cidr.endswith("/0"), f"{where}: egress to {cidr}"
+                assert peer.get("namespaceSelector") != {} or "podSelector" in peer, where
+
+
+@pytest.mark.parametrize("values", ["default", "production"])
+def test_only_recommend_calls_the_stages(rendered: dict[str, list[Manifest]], values: str) -> None:
+    """Within the release, the policies allow exactly the calls recommend makes, and nothing else."""
+    manifests = rendered[values]
+    assert release_edges(manifests) == {
+        ("recommend", "candidates"),
+        ("recommend", "recall"),
+        ("recommend", "rerank"),
+        ("recommend", "ranker"),
+    }
+    values_yaml = yaml.safe_load((CHART / "values.yaml").read_text())
+    recommend = find(manifests, "NetworkPolicy", "starling-recommend")[0]["spec"]
+    stage_ports = {}
+    for rule in recommend["egress"]:
+        for peer in rule["to"]:
+            match = peer.get("podSelector", {}).get("matchLabels", {})
+            if match.get("app.kubernetes.io/instance") == "starling":
+                stage_ports[match["app.kubernetes.io/component"]] = rule_ports(rule)
+            elif "serving.kserve.io/inferenceservice" in match:
+                stage_ports["ranker"] = rule_ports(rule)
+    assert stage_ports == {
+        **{
+            name: {(values_yaml["services"][name]["port"], "TCP")}
+            for name in ("candidates", "recall", "rerank")
+        },
+        "ranker": {(values_yaml["ranker"]["grpcPort"], "TCP")},
+    }
+
+
+def egress_ports_to(manifests: list[Manifest], policy: str, labels: dict[str, str]) -> set | None:
+    spec = find(manifests, "NetworkPolicy", policy)[0]["spec"]
+    found: set = set()
+    for rule in spec["egress"]:
+        if any(peer_selects(peer, labels) for peer in rule["to"]):
+            ports = rule_ports(rule)
+            if ports is None:
+                return None
+            found |= ports
+    return found
+
+
+def test_stores_are_reached_only_by_their_clients(
+    helm: str, tmp_path: Path, rendered: dict[str, list[Manifest]]
+) -> None:
+    redis = {"app.kubernetes.io/name": "redis", "app.kubernetes.io/instance": "starling-redis"}
+    milvus = {"app.kubernetes.io/name": "milvus", "app.kubernetes.io/instance": "milvus"}
+    milvus_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "milvus"}}}
+    for values in ("default", "production"):
+        manifests = rendered[values]
+        for policy in ("recommend", "ranker", "training"):
+            assert egress_ports_to(manifests, f"starling-{policy}", redis) == {(6379, "TCP")}, (
+                values,
+                policy,
+            )
+        for policy in ("candidates", "recall", "rerank"):
+            assert egress_ports_to(manifests, f"starling-{policy}", redis) == set(), (values, policy)
+        for policy in ("recommend", "candidates", "rerank", "ranker", "training"):
+            rules = find(manifests, "NetworkPolicy", f"starling-{policy}")[0]["spec"]["egress"]
+            assert not any(
+                milvus_ns["namespaceSelector"] == p.get("namespaceSelector") for r in rules for p in r["to"]
+            )
+    recall = {
+        values: find(rendered[values], "NetworkPolicy", "starling-recall")[0]["spec"]["egress"]
+        for values in ("default", "production")
+    }
+    assert len(recall["default"]) == 1, "milvus-lite: recall needs DNS only"
+    to_milvus = [r for r in recall["production"] if {**milvus_ns, "podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "milvus"}}} in r["to"]]  # fmt: skip
+    assert len(to_milvus) == 1 and rule_ports(to_milvus[0]) == {(19530, "TCP")}
+    assert selects(to_milvus[0]["to"][0]["podSelector"], milvus)
+
+    # The dataset download of the training pipeline is an explicit list; a remote Feast registry and extra
+    # egress are added where asked.
+    training = find(rendered["default"], "NetworkPolicy", "starling-training")[0]["spec"]["egress"]
+    assert {
+        "to": [{"ipBlock": {"cidr": "128.101.0.0/16"}}],
+        "ports": [{"port": 443, "protocol": "TCP"}],
+    } in training
+    custom_values = tmp_path / "custom-values.yaml"
+    custom_values.write_text(
+        yaml.safe_dump(
+            {
+                "networkPolicy": {
+                    "training": {"egressTo": []},
+                    "feastRegistry": {"to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}], "ports": [5432]},
+                    "extraEgress": {
+                        "ranker": [{"to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}], "ports": [{"port": 443}]}]
+                    },
+                }
+            }
+        )
+    )
+    custom = render(helm, custom_values)
+    registry = {"to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}], "ports": [{"port": 5432, "protocol": "TCP"}]}
+    egress = {p["metadata"]["name"]: p["spec"].get("egress") for p in find(custom, "NetworkPolicy")}
+    for name in ("recommend", "ranker", "training"):
+        assert registry in egress[f"starling-{name}"], name
+    for name in ("candidates", "recall", "rerank"):
+        assert registry not in egress[f"starling-{name}"], name
+    assert not any("ipBlock" in p for r in egress["starling-training"] if r != registry for p in r["to"])
+    assert {"to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}], "ports": [{"port": 443}]} in egress[
+        "starling-ranker"
+    ]
+    errors = [error for manifest in custom for error in validation_errors(manifest)]
+    assert not errors, "\n".join(errors)
+
+
+def test_serverless_ranker_is_left_to_knative(helm: str) -> None:
+    manifests = render(helm, None, "ranker.deploymentMode=Serverless")
+    names = {p["metadata"]["name"] for p in find(manifests, "NetworkPolicy")}
+    assert "starling-ranker" not in names and "starling-default-deny" in names
+    deny = find(manifests, "NetworkPolicy", "starling-default-deny")[0]["spec"]["podSelector"]
+    labels = pod_labels(manifests)
+    assert not selects(deny, labels["starling-ranker"])
+    assert all(selects(deny, pod) for name, pod in labels.items() if name != "starling-ranker")
+    errors = [error for manifest in manifests for error in validation_errors(manifest)]
+    assert not errors, "\n".join(errors)
+
+
+QUANTITY_SUFFIXES = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+QUANTITY_SUFFIXES |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity(value: str | float) -> float:
+    number, suffix = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(value)).groups()  # type: ignore[union-attr]
+    return float(number) * QUANTITY_SUFFIXES[suffix]
+
+
+@pytest.mark.parametrize("values", list(VALUES_FILES))
+def test_every_container_has_cpu_and_memory_requests_and_limits(
+    rendered: dict[str, list[Manifest]], values: str
+) -> None:
+    containers = 0
+    for name, spec in pod_specs(rendered[values]):
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            where = (values, name, container["name"])
+            resources = container["resources"]
+            for resource in ("cpu", "memory"):
+                request = quantity(resources["requests"][resource])
+                limit = quantity(resources["limits"][resource])
+                assert 0 < request <= limit, (*where, resource)
+            containers += 1
+    training_pods = 1 if values == "dev" else 2  # dev has no CronJob
+    assert containers == 5 + 5 * training_pods, "4 services, the ranker, (4 init + 1) per training pod"
 
 
 def test_ranker_profiles_and_model_sources(helm: str, rendered: dict[str, list[Manifest]]) -> None:

@@ -95,6 +95,44 @@ def _request(user_id: int, movie_ids: np.ndarray, features: np.ndarray | None) -
     return InferRequest(model_name=MODEL, infer_inputs=inputs)
 
 
+def _check_hardening(pid: int, grpc_port: int, http_port: int) -> None:
+    """Loopback only; the model repository cannot unload the model; malformed tensors are INVALID_ARGUMENT."""
+    import grpc
+    import psutil
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as v2
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as v2_grpc
+
+    listening = {c.laddr for c in psutil.Process(pid).connections() if c.status == psutil.CONN_LISTEN}
+    assert {port for _, port in listening} >= {grpc_port, http_port}
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip, _ in listening), listening
+
+    unload = httpx.post(f"http://127.0.0.1:{http_port}/v2/repository/models/{MODEL}/unload", timeout=10)
+    assert unload.status_code == 501 and "model repository control is disabled" in unload.text
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.RepositoryModelUnload(v2.RepositoryModelUnloadRequest(model_name=MODEL), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        tensor = v2.ModelInferRequest.InferInputTensor
+        short = v2.ModelInferRequest(
+            model_name=MODEL,
+            inputs=[
+                tensor(name="user_id", datatype="INT64", shape=[1], contents=v2.InferTensorContents(int64_contents=[1])),
+                tensor(name="movie_ids", datatype="INT64", shape=[4], contents=v2.InferTensorContents(int64_contents=[1, 2])),
+            ],
+        )  # fmt: skip
+        with pytest.raises(grpc.RpcError) as bad_shape:
+            stub.ModelInfer(short, timeout=10)
+        assert bad_shape.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "does not match shape [4]" in bad_shape.value.details()
+        raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as garbage:
+            raw(b"\xff\xff\xff\xff\x0f", timeout=10)
+        assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    ready = httpx.get(f"http://127.0.0.1:{http_port}/v2/models/{MODEL}/ready", timeout=10)
+    assert ready.status_code == 200, "the model is still loaded and serving"
+
+
 @pytest.mark.slow
 def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
     ml_small_trained: Path, tmp_path: Path, free_port: Callable[[], int]
@@ -184,6 +222,17 @@ def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
             json={"inputs": [{"name": "user_id", "shape": [1], "datatype": "INT64", "data": [1]}]},
         )
         assert missing.status_code == 400 and "movie_ids" in missing.text
+        mismatched = httpx.post(
+            f"http://127.0.0.1:{http_port}/v2/models/{MODEL}/infer",
+            json={
+                "inputs": [
+                    {"name": "user_id", "shape": [1], "datatype": "INT64", "data": [1]},
+                    {"name": "movie_ids", "shape": [5], "datatype": "INT64", "data": [1, 2, 3]},
+                ]
+            },
+        )
+        assert mismatched.status_code == 400 and "does not match shape [5]" in mismatched.text
+        _check_hardening(process.pid, grpc_port, http_port)
 
         # Hot reload: publish a new version while requests keep flowing; none fails, the version changes.
         new = train_command(workdir, "rank_mlp", epochs=1, publish=True, windows=fast_windows())

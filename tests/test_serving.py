@@ -13,8 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from starling.auth import authorized_channel, client_token
 from starling.config import Settings
 from starling.local import read_state
 from starling.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommend_pb2, recommend_pb2_grpc
@@ -41,7 +43,7 @@ def stack(
     pl.concat([ratings, late]).write_parquet(workdir / "ratings.parquet")
 
     with running_stack(workdir) as settings:
-        channel = grpc.insecure_channel(f"127.0.0.1:{settings.recommend_port}")
+        channel = authorized_channel(f"127.0.0.1:{settings.recommend_port}", client_token(settings))
         try:
             names = [p.name for p in read_state(workdir)]
             assert names == ["candidates", "recall", "rerank", "ranker", "recommend", "web"]
@@ -152,6 +154,8 @@ def test_similar_items(stack) -> None:
         (_request(1, 10, genres=["Space Opera"]), "unknown genre"),
         (recommend_pb2.SimilarItemsRequest(movie_id=1, k=0), "k must be between 1 and 500"),
         (recommend_pb2.SimilarItemsRequest(movie_id=-1, k=3), "movie_id must be >= 0"),
+        (_request(1, 10, time=Timestamp(seconds=2**62)), "context.time.seconds must be within years 1..9999"),
+        (_request(1, 10, time=Timestamp(seconds=0, nanos=-5)), "context.time.nanos must be 0..999999999"),
     ],
 )
 def test_bad_input_is_invalid_argument(stack, request_, message: str) -> None:
@@ -163,12 +167,103 @@ def test_bad_input_is_invalid_argument(stack, request_, message: str) -> None:
     assert message in err.value.details()
 
 
+def test_internal_stages_check_timestamps_too(stack) -> None:
+    from starling.v1 import rerank_pb2, rerank_pb2_grpc
+
+    settings, _ = stack
+    with grpc.insecure_channel(f"127.0.0.1:{settings.rerank_port}") as channel:
+        rerank = rerank_pb2_grpc.RerankServiceStub(channel)
+        request = rerank_pb2.RerankRequest(user_id=1, k=2, movie_ids=[1, 2, 3], scores=[0.3, 0.2, 0.1])
+        request.channels.extend(["popular"] * 3)
+        assert len(rerank.Rerank(request, timeout=10).movie_ids) == 2
+        for bad, message in [
+            (Timestamp(seconds=2**63 - 1), "time.seconds must be within years 1..9999"),
+            (Timestamp(seconds=0, nanos=2**31 - 1), "time.nanos must be 0..999999999"),
+        ]:
+            request.time.CopyFrom(bad)
+            with pytest.raises(grpc.RpcError) as err:
+                rerank.Rerank(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+
+
 def test_oversized_request_is_rejected_and_service_survives(stack) -> None:
     _, stub = stack
     with pytest.raises(grpc.RpcError) as err:
         stub.Recommend(_request(1, 10, genres=["x" * 5_000_000]), timeout=10)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(stub.Recommend(_request(1, 5), timeout=10).items) == 5
+
+
+def test_writes_need_an_api_key_with_their_scope_and_reads_stay_open(stack) -> None:
+    from starling.auth import add_key, keys_file
+
+    settings, _ = stack
+    target = f"127.0.0.1:{settings.recommend_port}"
+    feedback = recommend_pb2.RecordFeedbackRequest(events=[_rating(1, 1, 4.0)])
+    upsert = catalog_pb2.UpsertMovieRequest(movie=catalog_pb2.Movie(title="Nobody's Movie", genres=["Drama"]))
+    feedback_only = add_key(keys_file(settings), "feedback-only", ["feedback:write"])
+
+    def call(token: str | None, write: str) -> grpc.StatusCode:
+        channel = authorized_channel(target, token)
+        try:
+            if write == "feedback":
+                recommend_pb2_grpc.RecommendServiceStub(channel).RecordFeedback(feedback, timeout=10)
+            else:
+                catalog_pb2_grpc.CatalogServiceStub(channel).UpsertMovie(upsert, timeout=10)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            return exc.code()
+        finally:
+            channel.close()
+
+    assert {w: call(None, w) for w in ("feedback", "catalog")} == dict.fromkeys(
+        ("feedback", "catalog"), grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert call("stk_" + "x" * 43, "feedback") == grpc.StatusCode.UNAUTHENTICATED
+    assert call(feedback_only, "catalog") == grpc.StatusCode.PERMISSION_DENIED
+    assert call(feedback_only, "feedback") == grpc.StatusCode.OK
+    stored = (settings.workdir / "secrets" / "api_keys.json").read_text()
+    assert feedback_only not in stored and "sha256" in stored, "keys are stored hashed"
+    assert oct((settings.workdir / "secrets" / "api-token").stat().st_mode & 0o777) == "0o600"
+    with grpc.insecure_channel(target) as anonymous:  # reads need no key (STARLING_AUTH_READS=0)
+        reply = recommend_pb2_grpc.RecommendServiceStub(anonymous).Recommend(_request(1, 5), timeout=10)
+        assert len(reply.items) == 5
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xff\xff\xff\x0f", b"\x0a\x05abc", b"\x08" + b"\xff" * 11])
+def test_malformed_bytes_are_invalid_argument_on_every_method(stack, payload: bytes) -> None:
+    """Bytes that are not a valid message of the method's type, to every public and internal method."""
+    settings, stub = stack
+    methods = {
+        settings.recommend_port: [
+            "/starling.v1.RecommendService/Recommend",
+            "/starling.v1.RecommendService/SimilarItems",
+            "/starling.v1.RecommendService/RecordFeedback",
+            "/starling.v1.CatalogService/UpsertMovie",
+            "/starling.v1.CatalogService/GetMovie",
+            "/starling.v1.CatalogService/ListUserRatings",
+        ],
+        settings.candidates_port: ["/starling.v1.CandidateService/GetCandidates"],
+        settings.recall_port: [
+            "/starling.v1.RecallService/Recall",
+            "/starling.v1.RecallService/SimilarMovies",
+        ],
+        settings.rerank_port: ["/starling.v1.RerankService/Rerank"],
+        settings.ranker_grpc_port: ["/inference.GRPCInferenceService/ModelInfer"],
+    }
+    token = client_token(settings)
+    for port, names in methods.items():
+        with authorized_channel(f"127.0.0.1:{port}", token) as channel:
+            for name in names:
+                raw = channel.unary_unary(name, request_serializer=None, response_deserializer=None)
+                with pytest.raises(grpc.RpcError) as refused:
+                    raw(payload, timeout=10)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (
+                    name,
+                    refused.value.details(),
+                )
+                assert "malformed request" in refused.value.details()
+    assert len(stub.Recommend(_request(1, 5), timeout=10).items) == 5, "every service still answers"
 
 
 def test_health_and_metrics(stack) -> None:
@@ -194,7 +289,9 @@ def test_health_and_metrics(stack) -> None:
 
 
 def _catalog_stub(settings: Settings) -> catalog_pb2_grpc.CatalogServiceStub:
-    return catalog_pb2_grpc.CatalogServiceStub(grpc.insecure_channel(f"127.0.0.1:{settings.recommend_port}"))
+    return catalog_pb2_grpc.CatalogServiceStub(
+        authorized_channel(f"127.0.0.1:{settings.recommend_port}", client_token(settings))
+    )
 
 
 def _rating(user_id: int, movie_id: int, rating: float, **fields) -> recommend_pb2.FeedbackEvent:
@@ -260,8 +357,6 @@ def test_feedback_moves_recommendations_toward_what_was_just_rated_within_a_seco
 
 def test_bad_feedback_events_are_rejected_one_by_one_and_good_ones_kept(stack) -> None:
     settings, stub = stack
-    from google.protobuf.timestamp_pb2 import Timestamp
-
     past = Timestamp(seconds=1_600_000_000)
     future = Timestamp(seconds=int(time.time()) + 86_400)
     events = [
@@ -274,15 +369,22 @@ def test_bad_feedback_events_are_rejected_one_by_one_and_good_ones_kept(stack) -
             user_id=6, movie_id=2, kind=recommend_pb2.FEEDBACK_KIND_WATCH
         ),  # good, implicit
         _rating(6, 1, 4.0, time=past),  # duplicate of the first
+        _rating(6, 4, 4.0, time=Timestamp(seconds=2**63 - 1)),  # beyond year 9999
+        _rating(6, 4, 4.0, time=Timestamp(seconds=1_600_000_000, nanos=-1)),  # nanos out of range
+        _rating(6, 4, 4.0, time=Timestamp(seconds=1_600_000_000, nanos=1_000_000_000)),
+        _rating(6, 4, 4.0, time=Timestamp(seconds=-(2**63))),
+        _rating(6, 4, 4.0, time=Timestamp(seconds=0)),  # 1970-01-01: an unset clock
     ]
     reply = stub.RecordFeedback(recommend_pb2.RecordFeedbackRequest(events=events), timeout=10)
     accepted = [r.accepted for r in reply.results]
-    assert accepted == [True, False, False, False, False, True, True]
+    assert accepted == [True, False, False, False, False, True, True] + [False] * 5
     reasons = [r.reason for r in reply.results]
     assert "not in the catalog" in reasons[1] and "outside 0.5..5" in reasons[2]
     assert "in the future" in reasons[3] and "user_id must be >= 0" in reasons[4]
-    assert [r.duplicate for r in reply.results] == [False] * 6 + [True]
-    assert (reply.accepted, reply.rejected) == (3, 4)
+    assert "in the future" in reasons[7] and "nanos must be 0..999999999" in reasons[8] == reasons[9]
+    assert "before 1995-01-01" in reasons[10] and "before 1995-01-01" in reasons[11]
+    assert [r.duplicate for r in reply.results] == [False] * 6 + [True] + [False] * 5
+    assert (reply.accepted, reply.rejected) == (3, 9)
 
     import polars as pl
 
@@ -407,10 +509,18 @@ def test_new_movie_is_served_at_once(stack) -> None:
         (catalog_pb2.Movie(title="  ", genres=["Horror"]), "movie.title"),
         (catalog_pb2.Movie(title="X", release_year=1700), "release_year 1700"),
         (catalog_pb2.Movie(movie_id=-4, title="X"), "movie_id must be >= 0"),
+        (catalog_pb2.Movie(movie_id=2**63 - 1, title="X"), "movie_id must be at most 2147483647"),
+        (catalog_pb2.Movie(title="Evil\u202egnp.exe"), "U+202E (RIGHT-TO-LEFT OVERRIDE) at position 4"),
+        (catalog_pb2.Movie(title="Nul\x00byte"), "U+0000"),
+        (catalog_pb2.Movie(title="Line\nbreak"), "U+000A"),
     ]:
         with pytest.raises(grpc.RpcError) as err:
             catalog.UpsertMovie(catalog_pb2.UpsertMovieRequest(movie=bad), timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+    allocated = catalog.UpsertMovie(catalog_pb2.UpsertMovieRequest(movie=catalog_pb2.Movie(title="Next")))
+    assert allocated.created and allocated.movie.movie_id == new_id + 1, (
+        "a refused id does not move allocation"
+    )
 
 
 def _kill(workdir: Path, name: str) -> None:

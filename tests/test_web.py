@@ -141,15 +141,62 @@ FEEDBACK = {"user_id": 1, "movie_id": 1, "rating": 4}
         ),
         ("POST", "/api/feedback", {**FEEDBACK, "kind": "click"}, "rating is only for kind 'rating'"),
         ("POST", "/api/feedback", {**FEEDBACK, "stars": 4}, "unknown fields ['stars']"),
+        ("POST", "/api/feedback", b"[" * 100_000 + b"]" * 100_000, "request body is not valid JSON"),
+        ("POST", "/api/session", {"user_id": "me"}, 'user_id must be a non-negative integer, got "me"'),
+        ("POST", "/api/session", {"user": 1}, 'request body must be {"user_id": <id>}'),
     ],
 )
 def test_malformed_input_is_400_before_any_backend_call(lone_gateway, method, path, body, message) -> None:
     base = lone_gateway[0]
     content = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
-    response = httpx.request(method, base + path, content=content, timeout=5)
+    headers = {"Content-Type": "application/json"} if method == "POST" else {}
+    response = httpx.request(method, base + path, content=content, headers=headers, timeout=5)
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "BAD_REQUEST"
     assert message in response.json()["error"]
+
+
+def test_writes_need_a_same_site_json_request_and_the_sessions_own_user(lone_gateway) -> None:
+    base = lone_gateway[0]
+    rating = {"user_id": 1, "movie_id": 1, "rating": 4}
+
+    def post(path: str, client: httpx.Client | None = None, **kwargs) -> httpx.Response:
+        return (client or httpx).post(base + path, timeout=5, **kwargs)
+
+    refused = [
+        (post("/api/feedback", content=json.dumps(rating), headers={"Content-Type": "text/plain"}), 415),
+        (post("/api/feedback", data={"user_id": "1", "movie_id": "1", "rating": "4"}), 415),
+        (post("/api/feedback", json=rating, headers={"Origin": "https://evil.example"}), 403),
+        (post("/api/session", json={"user_id": 1}, headers={"Origin": "https://evil.example"}), 403),
+        (post("/api/feedback", json=rating, headers={"Sec-Fetch-Site": "cross-site"}), 403),
+        (post("/api/feedback", json=rating), 401),
+        (post("/api/feedback", json=rating, cookies={"starling_session": "1.99999999999.forged"}), 401),
+        (post("/api/feedback", json=rating, headers={"Authorization": "Bearer stk_unknown"}), 401),
+    ]
+    for response, status in refused:
+        assert response.status_code == status, response.text
+    assert [r.json()["code"] for r, _ in refused] == [
+        "UNSUPPORTED_MEDIA_TYPE", "UNSUPPORTED_MEDIA_TYPE", "CROSS_ORIGIN", "CROSS_ORIGIN", "CROSS_ORIGIN",
+        "SIGN_IN_REQUIRED", "SIGN_IN_REQUIRED", "UNAUTHENTICATED",
+    ]  # fmt: skip
+
+    with httpx.Client() as browser:
+        signed_in = post("/api/session", browser, json={"user_id": 2}, headers={"Origin": base})
+        assert signed_in.status_code == 200, signed_in.text
+        cookie = signed_in.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        other_user = post("/api/feedback", browser, json=rating)
+        assert other_user.status_code == 403 and other_user.json()["code"] == "WRONG_USER"
+        own_user = post("/api/feedback", browser, json={**rating, "user_id": 2})
+        assert own_user.status_code == 503, own_user.text  # accepted by the gateway; the backend is down
+
+
+def test_every_answer_carries_security_headers(lone_gateway) -> None:
+    base = lone_gateway[0]
+    for path in ("/", "/users/1", "/static/common.js", "/api/movies/x", "/nope"):
+        headers = httpx.get(base + path, timeout=5).headers
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY", path
 
 
 def test_unreachable_backend_is_503_and_pages_still_load(lone_gateway) -> None:
@@ -478,7 +525,12 @@ def test_pages_show_api_errors(stack, browser: DevTools, path: str, message: str
 )
 def test_service_errors_map_to_http(stack, method, path, body, status, code, message) -> None:
     _, base = stack
-    response = httpx.request(method, base + path, json=body, timeout=30)
+    with httpx.Client() as client:
+        if method == "POST":
+            client.post(
+                f"{base}/api/session", json={"user_id": body["user_id"]}, timeout=30
+            ).raise_for_status()
+        response = client.request(method, base + path, json=body, timeout=30)
     assert response.status_code == status, response.text
     assert response.json()["code"] == code and message in response.json()["error"]
 
@@ -499,3 +551,18 @@ def test_api_round_trip(stack) -> None:
         expected["genres"],
     )
     assert httpx.get(f"{base}/healthz", timeout=5).json()["status"] == "ok"
+
+    # A server-side client writes for any user with an API key holding feedback:write, and only with one.
+    from starling.auth import add_key, keys_file
+
+    rating = {"user_id": SAMPLE_USER, "movie_id": movie_id, "rating": 4.5}
+    writer = add_key(keys_file(settings), "backend-writer", ["feedback:write"])
+    reader = add_key(keys_file(settings), "reader", ["read"])
+    accepted = httpx.post(
+        f"{base}/api/feedback", json=rating, headers={"Authorization": f"Bearer {writer}"}, timeout=30
+    )
+    assert accepted.status_code == 200 and accepted.json()["accepted"], accepted.text
+    denied = httpx.post(
+        f"{base}/api/feedback", json=rating, headers={"Authorization": f"Bearer {reader}"}, timeout=30
+    )
+    assert denied.status_code == 403 and denied.json()["code"] == "PERMISSION_DENIED"

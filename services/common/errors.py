@@ -6,10 +6,12 @@ Logic stays free of gRPC: it raises ``InvalidArgument("k must be 1..500, got 0")
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 import grpc
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 
 
 class RequestError(Exception):
@@ -55,3 +57,21 @@ def check_ids(values: Sequence[int], field: str, limit: int = 10_000) -> np.ndar
     if ids.size and ids.min() < 0:
         raise InvalidArgument(f"{field} must hold ids >= 0, got {int(ids.min())}")
     return ids
+
+
+# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z.
+TIMESTAMP_MIN_S = -62_135_596_800
+TIMESTAMP_MAX_S = 253_402_300_799
+NANOS_MAX = 999_999_999
+
+
+def check_time(timestamp: Timestamp, field: str) -> dt.datetime:
+    """A Timestamp within the protobuf spec's range (year 1..9999, nanos 0..999,999,999), as a UTC datetime."""
+    if not 0 <= timestamp.nanos <= NANOS_MAX:
+        raise InvalidArgument(f"{field}.nanos must be 0..{NANOS_MAX}, got {timestamp.nanos}")
+    if not TIMESTAMP_MIN_S <= timestamp.seconds <= TIMESTAMP_MAX_S:
+        raise InvalidArgument(
+            f"{field}.seconds must be within years 1..9999 ({TIMESTAMP_MIN_S}..{TIMESTAMP_MAX_S}), "
+            f"got {timestamp.seconds}"
+        )
+    return timestamp.ToDatetime(dt.UTC)

@@ -1,5 +1,6 @@
-"""One bootstrap for every gRPC service: grpc.aio server, standard health and reflection, Prometheus
-interceptor and /metrics port, JSON logs, and a graceful drain on SIGTERM.
+"""One bootstrap for every gRPC service: grpc.aio server, standard health and reflection, interceptors
+(Prometheus metrics, API-key authentication, malformed requests as INVALID_ARGUMENT) and the /metrics port,
+JSON logs, and a graceful drain on SIGTERM.
 
 A service module only provides a ``register`` function that adds its servicers and returns their full
 service names; :func:`run_service` does the rest.
@@ -18,8 +19,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import starling
+from services.common.auth import AuthInterceptor
+from services.common.decoding import MalformedRequestInterceptor
 from services.common.jsonlog import configure_logging
 from services.common.observability import BUILD_INFO, MetricsInterceptor, start_metrics_server
+from starling.auth import keys_file
 from starling.config import get_settings
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -50,7 +54,11 @@ async def start_service(
     """Build and start the server for one service; returns once it accepts calls."""
     settings = get_settings()
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor()],
+        interceptors=[
+            MetricsInterceptor(),
+            AuthInterceptor(keys_file(settings), settings.auth_reads),
+            MalformedRequestInterceptor(),
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

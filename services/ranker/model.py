@@ -178,11 +178,11 @@ class RankerModel(Model):
                 f"missing input(s) {sorted(missing)}; expected user_id INT64 [1], movie_ids INT64 [N], "
                 f"candidate_features FP32 [N, {len(CANDIDATE_FEATURES)}]"
             )
-        user_ids = inputs["user_id"].as_numpy().reshape(-1)
-        movie_ids = inputs["movie_ids"].as_numpy().reshape(-1)
+        user_ids = _tensor(inputs["user_id"]).reshape(-1)
+        movie_ids = _tensor(inputs["movie_ids"]).reshape(-1)
         candidate_features = None
         if "candidate_features" in inputs:
-            candidate_features = inputs["candidate_features"].as_numpy()
+            candidate_features = _tensor(inputs["candidate_features"])
             if candidate_features.dtype != np.float32:
                 raise InvalidInput("candidate_features must be an FP32 tensor")
             if candidate_features.shape != (movie_ids.size, len(CANDIDATE_FEATURES)):
@@ -228,6 +228,17 @@ class RankerModel(Model):
             model_version=state.artifact.version,
             infer_outputs=[scores_out, found_out],
         )
+
+
+def _tensor(infer_input: Any) -> np.ndarray:
+    """One request input as an array; data that does not fit its declared shape or datatype is bad input."""
+    try:
+        return infer_input.as_numpy()
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(
+            f"input {infer_input.name}: data does not match shape {list(infer_input.shape)} and datatype "
+            f"{infer_input.datatype} ({exc})"
+        ) from exc
 
 
 def torch_threads(settings: Settings) -> None:

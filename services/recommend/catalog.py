@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from starling.featurestore import MOVIE_VIEW
 from starling.v1 import catalog_pb2, catalog_pb2_grpc
 
 MAX_TITLE = 500
+MAX_MOVIE_ID = 2**31 - 1  # explicit ids (MovieLens' are below 300,000)
+AUTO_ID_CEILING = 2**62  # allocated ids stay far below int64's end
+HIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co"}  # control, format (bidi, zero-width), surrogate, private use
 MAX_GENRES = 10
 FIRST_YEAR = 1870
 
@@ -42,12 +46,37 @@ def movie_message(catalog: Catalog, position: int) -> catalog_pb2.Movie:
     )
 
 
+def hidden_character(text: str) -> tuple[int, str] | None:
+    """The first control, format (bidi overrides, zero-width), surrogate or private-use character, if any."""
+    for position, character in enumerate(text):
+        if unicodedata.category(character) in HIDDEN_CATEGORIES:
+            return position, character
+    return None
+
+
+def next_movie_id(catalog: Catalog) -> int:
+    """One above the largest id at or below AUTO_ID_CEILING: an id stored above it (none can be upserted
+    now) cannot stop allocation."""
+    ids = catalog.movie_ids
+    return int(ids[ids <= AUTO_ID_CEILING].max(initial=0)) + 1
+
+
 def checked_movie(movie: catalog_pb2.Movie, catalog: Catalog, this_year: int) -> pl.DataFrame:
     """The upsert as a one-row catalog frame; InvalidArgument says what is wrong."""
     check_id(movie.movie_id, "movie.movie_id")
+    if movie.movie_id > MAX_MOVIE_ID:
+        raise InvalidArgument(
+            f"movie.movie_id must be at most {MAX_MOVIE_ID} (0 = allocate one), got {movie.movie_id}"
+        )
     title = movie.title.strip()
     if not title or len(title) > MAX_TITLE:
         raise InvalidArgument(f"movie.title must be 1..{MAX_TITLE} characters, got {len(title)}")
+    hidden = hidden_character(title)
+    if hidden is not None:
+        raise InvalidArgument(
+            f"movie.title holds an invisible or control character U+{ord(hidden[1]):04X} "
+            f"({unicodedata.name(hidden[1], 'unnamed')}) at position {hidden[0]}"
+        )
     if movie.release_year and not FIRST_YEAR <= movie.release_year <= this_year + 5:
         raise InvalidArgument(
             f"movie.release_year {movie.release_year} outside {FIRST_YEAR}..{this_year + 5} (0 = unknown)"
@@ -58,7 +87,7 @@ def checked_movie(movie: catalog_pb2.Movie, catalog: Catalog, this_year: int) ->
         raise InvalidArgument(
             f"movie.genres {unknown or genres}: at most {MAX_GENRES} of {', '.join(catalog.genre_names)}"
         )
-    movie_id = movie.movie_id or int(catalog.movie_ids.max(initial=0)) + 1
+    movie_id = movie.movie_id or next_movie_id(catalog)
     return pl.DataFrame(
         {
             "movie_id": [movie_id],

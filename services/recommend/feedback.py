@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from services.common.catalog import Catalog
-from services.common.errors import InvalidArgument
+from services.common.errors import NANOS_MAX, TIMESTAMP_MAX_S, InvalidArgument
 from services.common.history import UserHistory
 from starling import events
 from starling.features.build import compute_entity_features
@@ -27,6 +27,10 @@ from starling.featurestore import USER_PUSH_SOURCE
 from starling.v1 import recommend_pb2
 
 MAX_EVENTS = 1000
+# Real-time feedback older than this is a client bug (an unset clock, a 0 timestamp), not history: history
+# enters through `starling data ingest`.
+EARLIEST_EVENT = dt.datetime(1995, 1, 1, tzinfo=dt.UTC)
+EARLIEST_EVENT_S = int(EARLIEST_EVENT.timestamp())
 KIND_NAMES = {
     recommend_pb2.FEEDBACK_KIND_RATING: "rating",
     recommend_pb2.FEEDBACK_KIND_CLICK: "click",
@@ -44,7 +48,15 @@ class FeedbackBatch:
     movie_ids: np.ndarray
     kinds: np.ndarray  # int (FeedbackKind)
     ratings: np.ndarray  # float32
-    times_us: np.ndarray  # int64; 0 = not given
+    has_time: np.ndarray  # bool
+    seconds: np.ndarray  # int64, as sent (0 where not given)
+    nanos: np.ndarray  # int64, as sent
+
+    @property
+    def times_us(self) -> np.ndarray:
+        """int64 microseconds since the epoch; 0 where not given; clipped where out of range (rejected)."""
+        seconds = np.clip(self.seconds, 0, TIMESTAMP_MAX_S)
+        return np.where(self.has_time, seconds * 1_000_000 + np.clip(self.nanos, 0, NANOS_MAX) // 1000, 0)
 
     @classmethod
     def from_events(cls, events_: Sequence[recommend_pb2.FeedbackEvent]) -> FeedbackBatch:
@@ -55,14 +67,9 @@ class FeedbackBatch:
             movie_ids=np.fromiter((e.movie_id for e in events_), dtype=np.int64, count=len(events_)),
             kinds=np.fromiter((e.kind for e in events_), dtype=np.int64, count=len(events_)),
             ratings=np.fromiter((e.rating for e in events_), dtype=np.float32, count=len(events_)),
-            times_us=np.fromiter(
-                (
-                    e.time.seconds * 1_000_000 + e.time.nanos // 1000 if e.HasField("time") else 0
-                    for e in events_
-                ),
-                dtype=np.int64,
-                count=len(events_),
-            ),
+            has_time=np.fromiter((e.HasField("time") for e in events_), dtype=bool, count=len(events_)),
+            seconds=np.fromiter((e.time.seconds for e in events_), dtype=np.int64, count=len(events_)),
+            nanos=np.fromiter((e.time.nanos for e in events_), dtype=np.int64, count=len(events_)),
         )
 
 
@@ -91,11 +98,16 @@ def rejection_reasons(batch: FeedbackBatch, catalog: Catalog, now_us: int, max_f
             object
         ),
     )
+    given = batch.has_time
+    reject(given & ((batch.nanos < 0) | (batch.nanos > NANOS_MAX)), f"time.nanos must be 0..{NANOS_MAX}")
     reject(
-        batch.times_us > now_us + max_future_us,
+        given & (batch.seconds > (now_us + max_future_us) // 1_000_000),
         f"time is more than {max_future_us // 1_000_000} s in the future",
     )
-    reject(batch.times_us < 0, "time is before 1970")
+    reject(
+        given & (batch.seconds < EARLIEST_EVENT_S),
+        f"time is before {EARLIEST_EVENT:%Y-%m-%d}, the earliest feedback accepted",
+    )
     return reasons
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.common.catalog import Catalog
-from services.common.errors import InvalidArgument, check_id, check_ids, check_k
+from services.common.errors import InvalidArgument, check_id, check_ids, check_k, check_time
 from starling.v1 import common_pb2, recommend_pb2
 
 MAX_EXCLUDED = 10_000
@@ -34,6 +34,8 @@ def validate_recommend(request: recommend_pb2.RecommendRequest, catalog: Catalog
     except ValueError as exc:
         raise InvalidArgument(f"context.genres: {exc}") from exc
     excluded = check_ids(request.context.exclude_movie_ids, "context.exclude_movie_ids", limit=MAX_EXCLUDED)
+    if request.context.HasField("time"):
+        check_time(request.context.time, "context.time")
     return ValidRequest(user_id, k, genres, excluded)
 
 

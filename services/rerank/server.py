@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 
 from services.common.catalog import Catalog
-from services.common.errors import InvalidArgument, check_ids, check_k
+from services.common.errors import InvalidArgument, check_ids, check_k, check_time
 from services.common.following import start_following_catalog
 from services.common.server import run_service
 from services.rerank.logic import DEFAULT_RULES_PATH, RerankRules, load_rules, rerank_candidates
@@ -42,7 +42,7 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
         scores = np.asarray(request.scores, dtype=np.float32)
         if not np.isfinite(scores).all():
             raise InvalidArgument("scores must be finite numbers")
-        now = request.time.ToDatetime(dt.UTC) if request.HasField("time") else dt.datetime.now(dt.UTC)
+        now = check_time(request.time, "time") if request.HasField("time") else dt.datetime.now(dt.UTC)
 
         top, adjusted = rerank_candidates(
             self.catalog,

@@ -9,7 +9,11 @@ of k and limit, known movies, the feedback rules) is the services' call.
 | GET  /api/users/{user_id}/ratings?limit= | CatalogService.ListUserRatings |
 | GET  /api/movies/{movie_id} | CatalogService.GetMovie |
 | GET  /api/movies/{movie_id}/similar?k= | RecommendService.SimilarItems |
+| POST /api/session {user_id} | (signs the browser in as user_id: a signed SameSite cookie) |
 | POST /api/feedback {user_id, movie_id, rating} or {user_id, movie_id, kind: "click"/"watch"} | RecordFeedback |
+
+Writes are guarded (services/web/security.py): same-site JSON only, and the session's own user (or an API key
+with feedback:write); the gateway calls RecordFeedback with its own API key.
 
 Errors are JSON ``{"error": message, "code": name}``: malformed input 400 (code BAD_REQUEST); gRPC
 INVALID_ARGUMENT 400, NOT_FOUND 404, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, others 502; a feedback event
@@ -30,6 +34,8 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
+from services.web.security import SECURITY, Forbidden, WebSecurity, security_headers
+from starling.auth import bearer_metadata
 from starling.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, recommend_pb2, recommend_pb2_grpc
 
 log = logging.getLogger("starling.web")
@@ -87,9 +93,10 @@ class BadRequest(GatewayError):
 class Backend:
     """The gRPC stubs the handlers call, on one channel, with one deadline per call."""
 
-    def __init__(self, target: str, timeout_s: float) -> None:
+    def __init__(self, target: str, timeout_s: float, token: str | None = None) -> None:
         self.target = target
         self.timeout_s = timeout_s
+        self.write_metadata = bearer_metadata(token)  # the gateway's API key, sent with writes
         self.channel = grpc.aio.insecure_channel(target)
         self.recommend = recommend_pb2_grpc.RecommendServiceStub(self.channel)
         self.catalog = catalog_pb2_grpc.CatalogServiceStub(self.channel)
@@ -243,15 +250,39 @@ async def similar(request: web.Request) -> web.Response:
     return web.json_response({"movie_id": movie_id, "items": [item_json(item) for item in reply.items]})
 
 
-async def feedback(request: web.Request) -> web.Response:
-    backend = request.app[BACKEND]
+async def json_body(request: web.Request) -> Any:
     try:
-        body = await request.json()
-    except ValueError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    event = parse_feedback(body)
+        return await request.json()
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser goes
+        raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}") from None
+
+
+async def session(request: web.Request) -> web.Response:
+    """Sign this browser in as ``user_id`` (open sign-in: the demo has no accounts)."""
+    security = request.app[SECURITY]
+    security.check_same_site(request)
+    if not security.open_sign_in:
+        raise Forbidden(403, "SIGN_IN_CLOSED", "open sign-in is off (STARLING_WEB_OPEN_SIGN_IN=0)")
+    body = await json_body(request)
+    if not isinstance(body, dict) or set(body) != {"user_id"}:
+        raise BadRequest('request body must be {"user_id": <id>}')
+    user_id = body_id(body, "user_id")
+    response = web.json_response({"user_id": user_id})
+    security.set_session(request, response, user_id)
+    return response
+
+
+async def feedback(request: web.Request) -> web.Response:
+    backend, security = request.app[BACKEND], request.app[SECURITY]
+    security.check_same_site(request)
+    event = parse_feedback(await json_body(request))
+    writer = security.writer(request)
+    if writer is not None and event.user_id != writer:
+        raise Forbidden(403, "WRONG_USER", f"signed in as user {writer}, not user {event.user_id}")
     reply = await backend.recommend.RecordFeedback(
-        recommend_pb2.RecordFeedbackRequest(events=[event]), timeout=backend.timeout_s
+        recommend_pb2.RecordFeedbackRequest(events=[event]),
+        timeout=backend.timeout_s,
+        metadata=backend.write_metadata,
     )
     if len(reply.results) != 1:
         raise GatewayError(f"RecordFeedback returned {len(reply.results)} results for 1 event")
@@ -302,7 +333,7 @@ async def errors_and_metrics(
     started = time.perf_counter()
     try:
         response = await handler(request)
-    except GatewayError as exc:
+    except (GatewayError, Forbidden) as exc:
         response = error_response(exc.status, exc.code, str(exc))
     except grpc.aio.AioRpcError as exc:
         status = HTTP_STATUS_OF_GRPC.get(exc.code(), 502)
@@ -330,12 +361,16 @@ async def errors_and_metrics(
 # --- the application ---------------------------------------------------------------------------------------
 
 
-def create_app(recommend_target: str, timeout_s: float = 5.0) -> web.Application:
-    """The gateway onto the gRPC services at ``recommend_target`` (host:port); the channel opens on start-up."""
-    app = web.Application(middlewares=[errors_and_metrics])
+def create_app(
+    recommend_target: str, security: WebSecurity, timeout_s: float = 5.0, token: str | None = None
+) -> web.Application:
+    """The gateway onto the gRPC services at ``recommend_target`` (host:port); the channel opens on start-up.
+    ``token``: the gateway's own API key, sent with RecordFeedback."""
+    app = web.Application(middlewares=[security_headers, errors_and_metrics])
+    app[SECURITY] = security
 
     async def open_backend(app: web.Application) -> None:
-        app[BACKEND] = Backend(recommend_target, timeout_s)
+        app[BACKEND] = Backend(recommend_target, timeout_s, token)
 
     async def close_backend(app: web.Application) -> None:
         await app[BACKEND].close()
@@ -350,6 +385,7 @@ def create_app(recommend_target: str, timeout_s: float = 5.0) -> web.Application
     app.router.add_get("/api/users/{user_id}/ratings", user_ratings)
     app.router.add_get("/api/movies/{movie_id}", movie)
     app.router.add_get("/api/movies/{movie_id}/similar", similar)
+    app.router.add_post("/api/session", session)
     app.router.add_post("/api/feedback", feedback)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -14,6 +14,8 @@ from aiohttp import web
 
 from services.common.jsonlog import configure_logging
 from services.web.app import create_app
+from services.web.security import WebSecurity
+from starling.auth import client_token, keys_file
 from starling.config import Settings, get_settings
 
 
@@ -25,7 +27,13 @@ async def serve_until_signalled() -> None:
     log = configure_logging("web")
     settings = get_settings()
     target = recommend_target(settings)
-    app = create_app(target, timeout_s=settings.web_timeout_s)
+    security = WebSecurity.create(
+        settings.web_session_secret,
+        keys_file(settings),
+        settings.web_open_sign_in,
+        settings.web_allowed_origins,
+    )
+    app = create_app(target, security, timeout_s=settings.web_timeout_s, token=client_token(settings))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
     await runner.setup()
     try:

@@ -57,6 +57,19 @@ async function load() {
   return recommended;
 }
 
+// The gateway accepts ratings only for the signed-in user (a SameSite session cookie): sign in as this page's
+// user once (open sign-in: the demo has no accounts).
+let session = null;
+function signIn() {
+  session ??= api("/api/session", { method: "POST", body: JSON.stringify({ user_id: Number(userId) }) }).catch(
+    (err) => {
+      session = null;
+      throw err;
+    },
+  );
+  return session;
+}
+
 // Send the rating, then reload both lists; the service applies feedback within about a second, so reload
 // until the rated movie has left the recommendations (a few tries).
 async function rate(item, rating, card) {
@@ -67,6 +80,7 @@ async function rate(item, rating, card) {
   status.textContent = `Saving ${rating} ★ for ${item.title}…`;
   try {
     clearError();
+    await signIn();
     await api("/api/feedback", {
       method: "POST",
       body: JSON.stringify({ user_id: Number(userId), movie_id: item.movie_id, rating }),

@@ -1,0 +1,107 @@
+"""Authentication and authorization of gRPC calls, as one interceptor for every service.
+
+Writes need a bearer token whose key holds the method's scope (:data:`WRITE_SCOPES`); reads are open unless
+``STARLING_AUTH_READS`` is set, then they need scope ``read``. Health checks and reflection stay open (probes
+and grpcurl). Missing or unknown token: UNAUTHENTICATED; a known key without the scope: PERMISSION_DENIED.
+The keys file is re-read when it changes, so adding or revoking a key needs no restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from starling.auth import CATALOG_WRITE, FEEDBACK_WRITE, READ, KeyRing
+
+log = logging.getLogger("starling.auth")
+
+WRITE_SCOPES: dict[str, str] = {
+    "/starling.v1.RecommendService/RecordFeedback": FEEDBACK_WRITE,
+    "/starling.v1.CatalogService/UpsertMovie": CATALOG_WRITE,
+}
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def bearer_token(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+class _KeysFile:
+    """The keys file, re-read when its modification time or size changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[int, int] | None = None
+        self._ring = KeyRing([])
+
+    def ring(self) -> KeyRing:
+        try:
+            stat = self.path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            stamp = (0, 0)
+        if stamp != self._stamp:
+            try:
+                self._ring = KeyRing.load(self.path)
+                self._stamp = stamp
+            except Exception:  # a broken edit keeps the previous keys; the error is logged once per change
+                log.exception(
+                    "cannot read the API keys file; keeping the previous keys", extra={"path": str(self.path)}
+                )
+                self._stamp = stamp
+        return self._ring
+
+
+def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    async def refuse(_request: bytes, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(refuse)  # no deserializer: the request is never decoded
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, keys_path: Path, auth_reads: bool = False) -> None:
+        self.keys = _KeysFile(keys_path)
+        self.auth_reads = auth_reads
+
+    def required_scope(self, method: str) -> str | None:
+        if method in WRITE_SCOPES:
+            return WRITE_SCOPES[method]
+        if self.auth_reads and not method.startswith(OPEN_PREFIXES):
+            return READ
+        return None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        scope = self.required_scope(method)
+        if scope is None:
+            return await continuation(handler_call_details)
+        name = method.rpartition("/")[2]
+        token = bearer_token(handler_call_details.invocation_metadata)
+        if token is None:
+            return _refusal(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{name} needs an API key with scope {scope!r}: send metadata 'authorization: Bearer <token>' "
+                "(STARLING_API_TOKEN, or WORKDIR/secrets/api-token locally)",
+            )
+        key = self.keys.ring().find(token)
+        if key is None:
+            return _refusal(grpc.StatusCode.UNAUTHENTICATED, f"{name}: unknown or revoked API key")
+        if scope not in key.scopes:
+            return _refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{name} needs scope {scope!r}; key {key.name!r} has {sorted(key.scopes)}",
+            )
+        return await continuation(handler_call_details)
