@@ -191,6 +191,35 @@ def evaluate(workdir: Path, as_json: bool) -> None:
     click.echo(json.dumps(metrics, indent=2) if as_json else format_table(metrics))
 
 
+# --------------------------------------------------------------------------------------------------- auth
+@cli.group(cls=_Group)
+def auth() -> None:
+    """API keys for writes (RecordFeedback, UpsertMovie, the web gateway's ratings)."""
+
+
+@auth.command("create-key")
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="A name for the key (shown in refusals and logs).")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(["feedback:write", "catalog:write", "read"]),
+    help="What the key may do; repeat for several.",
+)
+def auth_create_key(workdir: Path, name: str, scopes: tuple[str, ...]) -> None:
+    """Add a key to WORKDIR's keys file (or STARLING_API_KEYS_FILE) and print its token, once.
+
+    The file keeps only the token's sha256; running services pick the key up without a restart. Clients
+    send it as gRPC metadata `authorization: Bearer <token>` (or set STARLING_API_TOKEN for the CLI)."""
+    from starling.auth import add_key, keys_file
+    from starling.config import get_settings
+
+    settings = get_settings().model_copy(update={"workdir": workdir})
+    click.echo(add_key(keys_file(settings), name, list(scopes)))
+
+
 # -------------------------------------------------------------------------------------------------- bench
 @cli.group(cls=_Group)
 def bench() -> None:

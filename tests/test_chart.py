@@ -734,3 +734,36 @@ def test_cli_parsing_catches_bad_arguments() -> None:
         parse_starling_cli(["data", "ingest", "ml-latest-small", "--out", "/data", "--on-bad", "ignore"])
     with pytest.raises(AssertionError, match="does not exist"):
         parse_starling_cli(["features", "publish", "/data"])
+
+
+def test_recommend_reads_the_api_keys_from_a_secret(helm: str, rendered: dict[str, list[Manifest]]) -> None:
+    import hashlib
+
+    (secret,) = find(rendered["default"], "Secret", "starling-api-keys")
+    token = secret["stringData"]["api-token"]
+    keys = json.loads(secret["stringData"]["api_keys.json"])["keys"]
+    assert token.startswith("stk_") and len(token) == 47
+    assert keys[0]["sha256"] == hashlib.sha256(token.encode()).hexdigest(), "helm's sha256sum = the services'"
+    assert set(keys[0]["scopes"]) == {"feedback:write", "catalog:write", "read"}
+
+    def recommend_pod(manifests: list[Manifest]) -> dict[str, Any]:
+        (deployment,) = find(manifests, "Deployment", "starling-recommend")
+        return deployment["spec"]["template"]["spec"]
+
+    pod = recommend_pod(rendered["default"])
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["STARLING_API_KEYS_FILE"] == "/etc/starling/auth/api_keys.json"
+    assert env["STARLING_AUTH_READS"] == "false"
+    volume = next(v for v in pod["volumes"] if v["name"] == "api-keys")
+    assert volume["secret"]["secretName"] == "starling-api-keys"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "api-keys")
+    assert mount["readOnly"] and mount["mountPath"] == "/etc/starling/auth"
+    for name, spec in pod_specs(rendered["default"]):
+        if name != "starling-recommend":
+            assert all(v["name"] != "api-keys" for v in spec.get("volumes", [])), f"{name} holds no keys"
+
+    own = render(helm, None, "auth.existingSecret=my-keys", "auth.requireForReads=true")
+    assert not find(own, "Secret", "starling-api-keys")
+    pod = recommend_pod(own)
+    assert next(v for v in pod["volumes"] if v["name"] == "api-keys")["secret"]["secretName"] == "my-keys"
+    assert {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}["STARLING_AUTH_READS"] == "true"

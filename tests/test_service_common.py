@@ -103,3 +103,18 @@ def test_json_log_lines_carry_extra_fields_and_tracebacks() -> None:
 
         record = logging.makeLogRecord({"msg": "oops", "levelname": "ERROR", "exc_info": sys.exc_info()})
     assert "ValueError: bad" in json.loads(formatter.format(record))["exception"]
+
+
+def test_throttled_log_folds_repeats_into_one_line_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from services.common.jsonlog import ThrottledLog
+
+    throttled = ThrottledLog(logging.getLogger("starling.test"), interval_s=60)
+    with caplog.at_level(logging.WARNING, logger="starling.test"):
+        logged = [throttled.warning("ranker:UNAVAILABLE", "stage fell back") for _ in range(500)]
+        logged.append(throttled.warning("recall:UNAVAILABLE", "stage fell back"))
+    assert logged.count(True) == 2 and len(caplog.records) == 2
+    throttled.interval_s = 0
+    assert throttled.warning("ranker:UNAVAILABLE", "stage fell back")
+    assert caplog.records[-1].repeats_since_last_line == 499

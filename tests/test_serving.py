@@ -547,6 +547,14 @@ def test_fallbacks_as_stages_die_one_by_one(stack) -> None:
     assert [d.stage for d in response.degraded] == ["ranker"], response.degraded
     assert "recall order" in response.degraded[0].reason
 
+    # While the ranker is down, the log does not grow with the traffic: one line per failure kind per 10 s.
+    log = workdir / "run" / "logs" / "recommend.log"
+    size, started = log.stat().st_size, time.monotonic()
+    for user in range(1, 201):
+        assert stub.Recommend(_request(user, 10), timeout=10).degraded
+    rate = (log.stat().st_size - size) / max(time.monotonic() - started, 1.0)
+    assert rate < 1024, f"recommend logged {rate:.0f} B/s over 200 degraded requests"
+
     _kill(workdir, "recall")
     response = stub.Recommend(_request(1, 10), timeout=10)
     assert len(response.items) == 10

@@ -1,8 +1,8 @@
 """Authentication and authorization of gRPC calls, as one interceptor for every service.
 
-Writes need a bearer token whose key holds the method's scope (:data:`WRITE_SCOPES`); reads are open unless
-``STARLING_AUTH_READS`` is set, then they need scope ``read``. Health checks and reflection stay open (probes
-and grpcurl). Missing or unknown token: UNAUTHENTICATED; a known key without the scope: PERMISSION_DENIED.
+Writes need a bearer token whose key holds the method's scope (:data:`WRITE_SCOPES`); the public reads are
+open unless ``STARLING_AUTH_READS`` is set, then they need scope ``read``. Health checks, reflection and the
+internal stages stay open (probes, grpcurl; the stages are reachable from recommend only). Missing or unknown token: UNAUTHENTICATED; a known key without the scope: PERMISSION_DENIED.
 The keys file is re-read when it changes, so adding or revoking a key needs no restart.
 """
 
@@ -23,7 +23,9 @@ WRITE_SCOPES: dict[str, str] = {
     "/starling.v1.RecommendService/RecordFeedback": FEEDBACK_WRITE,
     "/starling.v1.CatalogService/UpsertMovie": CATALOG_WRITE,
 }
-OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Reads that STARLING_AUTH_READS guards: the public services'. The internal stages (candidates, recall, rerank,
+# ranker) answer only recommend, on loopback locally and behind NetworkPolicies in Kubernetes.
+PUBLIC_PREFIXES = ("/starling.v1.RecommendService/", "/starling.v1.CatalogService/")
 
 
 def bearer_token(metadata: Any) -> str | None:
@@ -75,7 +77,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def required_scope(self, method: str) -> str | None:
         if method in WRITE_SCOPES:
             return WRITE_SCOPES[method]
-        if self.auth_reads and not method.startswith(OPEN_PREFIXES):
+        if self.auth_reads and method.startswith(PUBLIC_PREFIXES):
             return READ
         return None
 

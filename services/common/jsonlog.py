@@ -46,3 +46,27 @@ def configure_logging(service: str) -> logging.Logger:
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
     return logging.getLogger(f"starling.{service}")
+
+
+class ThrottledLog:
+    """Repeated failures as one line per key per interval, carrying how many were folded into it.
+
+    While a dependency is down every request fails the same way; logging each (with a traceback) would
+    flood the log. The Prometheus counters still count every one.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}  # key -> (time of the last line, events folded since)
+
+    def warning(self, key: str, message: str, **fields: object) -> bool:
+        """Log now if ``key`` was quiet for ``interval_s``; else count it for the next line. True if logged."""
+        now = time.monotonic()
+        last, folded = self._last.get(key, (float("-inf"), 0))
+        if now - last < self.interval_s:
+            self._last[key] = (last, folded + 1)
+            return False
+        self._last[key] = (now, 0)
+        self.logger.warning(message, extra={**fields, "key": key, "repeats_since_last_line": folded})
+        return True

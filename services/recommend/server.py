@@ -32,6 +32,7 @@ from services.common.deadlines import downstream_timeout
 from services.common.errors import InvalidArgument, NotFound, check_id, check_k
 from services.common.following import apply_rating_events, start_following, start_following_catalog
 from services.common.history import UserHistory
+from services.common.jsonlog import ThrottledLog
 from services.common.observability import MODEL_INFO, STAGE_FALLBACKS, STAGE_LATENCY
 from services.common.server import run_service
 from services.recommend.catalog import CatalogServicer
@@ -64,6 +65,9 @@ from starling.v1 import (
 )
 
 log = logging.getLogger("starling.recommend")
+FALLBACK_LOG = ThrottledLog(log)  # one line per stage and failure kind per 10 s, not one per request
+# KServe's client logs a traceback for every failed call; the fallback above reports them, throttled.
+logging.getLogger("kserve").setLevel(logging.CRITICAL)
 T = TypeVar("T")
 
 
@@ -120,7 +124,9 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         return downstream_timeout(context, getattr(self.settings, f"{stage}_timeout_ms") / 1000.0)
 
     def _fallback(self, ranked: Ranked, stage: str, reason: str) -> None:
-        STAGE_FALLBACKS.labels(stage, reason.split(":")[0]).inc()
+        kind = reason.split(":")[0]
+        STAGE_FALLBACKS.labels(stage, kind).inc()
+        FALLBACK_LOG.warning(f"{stage}:{kind}", "stage fell back", stage=stage, reason=reason)
         ranked.degrade(stage, reason)
 
     async def Recommend(self, request: recommend_pb2.RecommendRequest, context: grpc.aio.ServicerContext):
