@@ -328,3 +328,40 @@ def test_vector_index_reuses_complete_collection_and_drops_old_versions(tmp_path
     found, scores = second.search(vectors[2], limit=2)
     assert found[0, 0] == 2 and scores[0, 0] == pytest.approx(1.0)
     first.close()
+
+
+def test_a_re_rating_counts_by_event_time_not_arrival_like_features_build(tmp_path) -> None:
+    """Live history and the offline rebuild (`with_feedback`) resolve a movie rated twice the same way."""
+    from starling import events
+    from starling.features.inputs import with_feedback
+
+    _, history = _catalog_and_history()
+    later, earlier = T0 + dt.timedelta(days=30), T0 + dt.timedelta(days=20)
+    us = lambda t: int(t.timestamp() * 1_000_000)  # noqa: E731
+    history.add(np.array([7]), np.array([5]), np.array([5.0]), np.array([us(later)]))
+    history.add(np.array([7]), np.array([5]), np.array([0.5]), np.array([us(earlier)]))  # arrives late
+    history.add(
+        np.array([7]), np.array([1]), np.array([2.0]), np.array([us(T0)])
+    )  # same time as base: newer wins
+    movies, ratings, _ = history.latest(7)
+    assert dict(zip(movies.tolist(), ratings.tolist(), strict=True)) == {5: 5.0, 1: 2.0, 4: 4.0, 2: 1.0}
+    assert movies.tolist()[0] == 5, "most recent first"
+
+    base = pl.DataFrame(
+        {"user_id": [7], "movie_id": [1], "rating": [5.0], "event_timestamp": [T0]},
+        schema_overrides={"rating": pl.Float32, "event_timestamp": pl.Datetime("us", "UTC")},
+    )
+    feedback = pl.DataFrame(
+        {
+            "user_id": [7, 7, 7],
+            "movie_id": [5, 5, 1],
+            "rating": [5.0, 0.5, 2.0],
+            "event_timestamp": [later, earlier, T0],
+            "kind": ["rating"] * 3,
+        },
+        schema=events.SCHEMAS[events.RATING_STREAM],
+    )
+    for row in range(3):  # one log file per call, in arrival order
+        events.append(tmp_path, events.RATING_STREAM, feedback[row : row + 1])
+    rebuilt = with_feedback(base, tmp_path)
+    assert dict(rebuilt.select("movie_id", "rating").iter_rows()) == {5: 5.0, 1: 2.0}

@@ -4,6 +4,7 @@ when the ranker or recall is killed."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import time
@@ -400,6 +401,54 @@ def test_bad_feedback_events_are_rejected_one_by_one_and_good_ones_kept(stack) -
     with pytest.raises(grpc.RpcError) as err:
         stub.RecordFeedback(recommend_pb2.RecordFeedbackRequest(events=[events[0]] * 1001), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1000" in err.value.details()
+
+
+def test_an_event_the_online_store_missed_is_repaired_without_further_input(stack) -> None:
+    """The state a crash between the log append and the online push leaves: an event in the durable log whose
+    user has no online row. Recommend replays the log (at start-up, and as it follows the log) and pushes."""
+    import polars as pl
+
+    from starling import events
+    from starling.featurestore import read_online_features
+
+    settings, _ = stack
+    user = 888_888
+    assert read_online_features(settings.workdir, [user], [])["users"][0].get("user_rating_count") is None
+    logged = pl.DataFrame(
+        {
+            "user_id": [user, user],
+            "movie_id": [1, 2],
+            "rating": [4.5, 3.0],
+            "event_timestamp": [dt.datetime(2024, 5, 1, tzinfo=dt.UTC)] * 2,
+            "kind": ["rating", "rating"],
+        },
+        schema=events.SCHEMAS[events.RATING_STREAM],
+    )
+    events.append(settings.workdir, events.RATING_STREAM, logged)  # durable, never pushed
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        row = read_online_features(settings.workdir, [user], [])["users"][0]
+        if row.get("user_rating_count") == 2:
+            break
+        time.sleep(0.2)
+    assert row.get("user_rating_count") == 2, row
+
+
+def test_a_late_re_rating_with_an_older_time_does_not_win(stack) -> None:
+    settings, stub = stack
+    user, movie = 9, 7
+    newer, older = Timestamp(seconds=1_700_000_000), Timestamp(seconds=1_690_000_000)
+    for rating, when in ((5.0, newer), (0.5, older)):  # the older event arrives last
+        reply = stub.RecordFeedback(
+            recommend_pb2.RecordFeedbackRequest(events=[_rating(user, movie, rating, time=when)]), timeout=10
+        )
+        assert reply.accepted == 1, reply
+    history = _catalog_stub(settings).ListUserRatings(
+        catalog_pb2.ListUserRatingsRequest(user_id=user, limit=500)
+    )
+    assert {r.movie.movie_id: r.rating for r in history.ratings}[movie] == 5.0, (
+        "latest by event time, as rebuilt"
+    )
 
 
 def test_catalog_lookups(stack) -> None:

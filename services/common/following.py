@@ -4,6 +4,7 @@ rating feedback into user histories, catalog upserts into the catalog."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,9 @@ async def follow(follower: EventFollower, apply: Callable[[pl.DataFrame], object
         try:
             events = await asyncio.to_thread(follower.poll)
             if events is not None:
-                apply(events)
+                applied = apply(events)
+                if inspect.isawaitable(applied):
+                    await applied
                 log.info("applied events", extra={"stream": follower.stream, "events": events.height})
         except Exception:  # a bad file must not stop the follower; it is logged and skipped
             log.exception("could not apply events", extra={"stream": follower.stream})
@@ -61,3 +64,13 @@ def start_following_catalog(
     """Follow catalog upserts (the movies stream) into ``apply_movies`` on the running loop."""
     follower = follower or EventFollower(workdir, MOVIE_STREAM)
     return asyncio.get_running_loop().create_task(follow(follower, apply_movies, interval_s))
+
+
+async def every(interval_s: float, job: Callable[[], object]) -> None:
+    """Forever: every ``interval_s``, run ``job`` in a worker thread; a failure is logged, not fatal."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(job)
+        except Exception:
+            log.exception("periodic job failed", extra={"job": getattr(job, "__qualname__", str(job))})

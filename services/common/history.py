@@ -58,11 +58,16 @@ class UserHistory:
         return tuple(np.concatenate([old, new]) for old, new in zip(base, self.extra[user_id], strict=True))
 
     def latest(self, user_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each rated movie once with its latest rating and time, most recent first."""
-        movies, ratings, timestamps = (column[::-1] for column in self.history_of(user_id))
-        _, first = np.unique(movies, return_index=True)
-        first.sort()
-        return movies[first], ratings[first], timestamps[first]
+        """Each rated movie once with its rating of the latest event time (equal times: the one received
+        last), most recent first: the same rule as `features build`, so live and rebuilt state agree even
+        when a re-rating arrives with an older time."""
+        movies, ratings, timestamps = self.history_of(user_id)
+        arrival = np.arange(len(movies))
+        order = np.lexsort((arrival, timestamps, movies))  # by movie, then time, then arrival
+        ends = np.r_[movies[order][1:] != movies[order][:-1], True] if len(order) else np.empty(0, bool)
+        last = order[ends]  # each movie's latest event
+        last = last[np.lexsort((-arrival[last], -timestamps[last]))]
+        return movies[last], ratings[last], timestamps[last]
 
     def _slice(self, user_id: int) -> slice | None:
         i = int(np.searchsorted(self.user_ids, user_id))

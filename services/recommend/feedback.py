@@ -10,6 +10,7 @@ derives from the same history, so the next Recommend reflects the feedback witho
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,13 +21,16 @@ import polars as pl
 
 from services.common.catalog import Catalog
 from services.common.errors import NANOS_MAX, TIMESTAMP_MAX_S, InvalidArgument
+from services.common.following import apply_rating_events
 from services.common.history import UserHistory
+from services.common.jsonlog import ThrottledLog
 from starling import events
 from starling.features.build import compute_entity_features
 from starling.featurestore import USER_PUSH_SOURCE
 from starling.v1 import recommend_pb2
 
 MAX_EVENTS = 1000
+PUSH_LOG = ThrottledLog(logging.getLogger("starling.recommend.feedback"))
 # Real-time feedback older than this is a client bug (an unset clock, a 0 timestamp), not history: history
 # enters through `starling data ingest`.
 EARLIEST_EVENT = dt.datetime(1995, 1, 1, tzinfo=dt.UTC)
@@ -133,10 +137,44 @@ class FeedbackRecorder:
         logged = events.read_all(self.workdir, events.RATING_STREAM).select(KEY)
         self.known = pl.concat([base, logged]).unique()
         self.lock = threading.Lock()
+        self.pending: set[int] = set()  # users whose online features still lag the log (a push failed)
 
     def record(self, request: recommend_pb2.RecordFeedbackRequest) -> recommend_pb2.RecordFeedbackResponse:
         with self.lock:  # one batch at a time: duplicates are judged against everything recorded before
             return self._record(request)
+
+    def apply_logged(self, logged: pl.DataFrame) -> int:
+        """Events of the log this process did not write (recorded before a restart, by a crashed process or by
+        another replica): into the history, and the raters' features recomputed and pushed online. Pushing is
+        idempotent (features are recomputed from the whole history), so replaying the whole log on start-up
+        repairs any push that a crash cut off."""
+        with self.lock:
+            added = apply_rating_events(self.history, logged)
+            self.known = pl.concat([self.known, logged.select(KEY)]).unique()
+            raters = logged.filter(pl.col("kind") == "rating")["user_id"].unique().to_numpy()
+            self.push_or_defer(raters)
+            return added
+
+    def retry_pending(self) -> None:
+        """Push the users a failed push left behind (called periodically)."""
+        with self.lock:
+            if self.pending:
+                self.push_or_defer(np.empty(0, np.int64))
+
+    def push_or_defer(self, user_ids: np.ndarray) -> None:
+        """Push the users' features (and any pending); on failure keep them pending: the events are durable,
+        so the answer stays a success and the online store catches up on a later try."""
+        users = np.union1d(np.asarray(user_ids, dtype=np.int64), np.fromiter(self.pending, np.int64))
+        if not len(users):
+            return
+        try:
+            self.push_user_features(users)
+            self.pending.clear()
+        except Exception as exc:  # the online store is down or refused: retried by retry_pending
+            self.pending.update(users.tolist())
+            PUSH_LOG.warning(
+                "push", "online feature push failed; will retry", users=len(users), error=str(exc)
+            )
 
     def _record(self, request: recommend_pb2.RecordFeedbackRequest) -> recommend_pb2.RecordFeedbackResponse:
         batch = FeedbackBatch.from_events(request.events)
@@ -180,7 +218,7 @@ class FeedbackRecorder:
                     rated["rating"].to_numpy(),
                     rated["event_timestamp"].dt.epoch("us").to_numpy(),
                 )
-                self.push_user_features(np.unique(rated["user_id"].to_numpy()))
+                self.push_or_defer(np.unique(rated["user_id"].to_numpy()))
         results = [
             recommend_pb2.FeedbackResult(accepted=bool(ok), duplicate=bool(dup), reason=str(reason))
             for ok, dup, reason in zip(accepted.tolist(), duplicate.tolist(), reasons.tolist(), strict=True)

@@ -30,7 +30,7 @@ from kserve import InferenceGRPCClient, InferInput, InferRequest
 from services.common.catalog import Catalog
 from services.common.deadlines import downstream_timeout
 from services.common.errors import InvalidArgument, NotFound, check_id, check_k
-from services.common.following import apply_rating_events, start_following, start_following_catalog
+from services.common.following import every, follow, start_following_catalog
 from services.common.history import UserHistory
 from services.common.jsonlog import ThrottledLog
 from services.common.observability import MODEL_INFO, STAGE_FALLBACKS, STAGE_LATENCY
@@ -321,9 +321,6 @@ def build_servicers(workdir: Path) -> tuple[RecommendServicer, CatalogServicer]:
     catalog = Catalog.from_frames(movies, ratings)
     history = UserHistory.from_frame(ratings, settings.like_threshold)
     follower = EventFollower(workdir, RATING_STREAM)
-    events = follower.poll()  # feedback recorded before this start
-    if events is not None:
-        apply_rating_events(history, events)
     recorder = FeedbackRecorder(
         workdir,
         catalog,
@@ -333,6 +330,9 @@ def build_servicers(workdir: Path) -> tuple[RecommendServicer, CatalogServicer]:
         settings.max_feedback_future_s,
         follower,
     )
+    logged = follower.poll()  # feedback recorded before this start: replayed, online features repaired
+    if logged is not None:
+        recorder.apply_logged(logged)
     recommend = RecommendServicer(catalog, settings, recorder)
 
     def share(new_catalog: Catalog) -> None:  # one catalog for every servicer of this process
@@ -352,9 +352,17 @@ def main() -> None:
 
     async def register(server: grpc.aio.Server) -> list[str]:
         recommend, catalog = build_servicers(settings.workdir)
-        # feedback written by other replicas
-        recommend.follower_task = start_following(
-            settings.workdir, catalog.history, settings.event_poll_s, recommend.feedback.follower
+        # feedback written by other replicas: history and online features; failed pushes retried
+        recorder = recommend.feedback
+        recommend.follower_task = asyncio.get_running_loop().create_task(
+            follow(
+                recorder.follower,
+                lambda logged: asyncio.to_thread(recorder.apply_logged, logged),
+                settings.event_poll_s,
+            )
+        )
+        recommend.retry_task = asyncio.get_running_loop().create_task(
+            every(settings.event_poll_s * 5, recorder.retry_pending)
         )
         recommend.catalog_task = start_following_catalog(
             settings.workdir, catalog.apply_movies, settings.event_poll_s, catalog.movie_events
