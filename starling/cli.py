@@ -275,6 +275,29 @@ def down(workdir: Path) -> None:
     click.echo(f"stopped {', '.join(stopped)}" if stopped else "no services were running")
 
 
+@cli.command("status")
+@click.argument("workdir", type=click.Path(path_type=Path), default=Path("work"))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(workdir: Path, as_json: bool) -> None:
+    """The services of `starling up WORKDIR`: pid, running, healthy, restarts by the supervisor, last exit."""
+    from starling.local import status as service_status
+
+    rows = service_status(workdir)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no services started from {workdir}")
+        return
+    click.echo(f"{'service':<11} {'pid':>7} {'running':>8} {'healthy':>8} {'restarts':>9} {'last exit':>10}")
+    for row in rows:
+        last_exit = "" if row["last_exit"] is None else str(row["last_exit"])
+        click.echo(
+            f"{row['name']:<11} {row['pid']:>7} {str(row['running']).lower():>8} "
+            f"{str(row['healthy']).lower():>8} {row['restarts']:>9} {last_exit:>10}"
+        )
+
+
 def _target(target: str | None) -> str:
     from starling.config import get_settings
 

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     )
     grpc_workers: int = Field(0, description="Max concurrent RPCs per service; 0 = unlimited.")
     shutdown_grace_s: float = Field(5.0, description="On SIGTERM: stop accepting, let in-flight RPCs finish.")
+    supervise: bool = Field(
+        True, description="`starling up`'s supervisor restarts a service that exits (0: it only watches)."
+    )
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     milvus_uri: str = Field(

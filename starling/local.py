@@ -33,20 +33,22 @@ class ServiceProcess:
     port: int
     metrics_port: int
     log: str
+    restarts: int = 0  # by the supervisor since `starling up`
+    last_exit: int | None = None  # exit code of the last exit (negative: killed by that signal)
 
 
 def run_dir(workdir: Path) -> Path:
     return workdir / "run"
 
 
-def _port(settings: Settings, name: str) -> int:
+def port_of(settings: Settings, name: str) -> int:
     return settings.ranker_grpc_port if name == "ranker" else getattr(settings, f"{name}_port")
 
 
-def _metrics_port(settings: Settings, name: str) -> int:
+def metrics_port_of(settings: Settings, name: str) -> int:
     if name == "web":  # the gateway serves /metrics on its own HTTP port
         return settings.web_port
-    return settings.ranker_http_port if name == "ranker" else _port(settings, name) + 1000
+    return settings.ranker_http_port if name == "ranker" else port_of(settings, name) + 1000
 
 
 def service_environment(workdir: Path, settings: Settings) -> dict[str, str]:
@@ -133,6 +135,9 @@ def up(workdir: Path, timeout_s: float = 180.0, settings: Settings | None = None
         if not (workdir / required).exists():
             raise StarlingError(f"{workdir / required} not found: run `{command}` first (or `make demo`)")
     running = [p for p in read_state(workdir) if _alive(p.pid)]
+    marker = run_dir(workdir) / "supervisor.json"
+    if marker.is_file() and _alive(int(json.loads(marker.read_text())["pid"])):
+        raise StarlingError(f"services already supervised from {workdir}; run `starling down` first")
     if running:
         raise StarlingError(
             f"services already running from {workdir} (pids {[p.pid for p in running]}); "
@@ -143,37 +148,37 @@ def up(workdir: Path, timeout_s: float = 180.0, settings: Settings | None = None
     ensure_local_key(settings.model_copy(update={"workdir": workdir}))  # writes need it; see starling/auth.py
     env = service_environment(workdir, settings)
     for name in SERVICES:  # before starting anything, so a refusal leaves nothing behind
-        port = _port(settings, name)
+        port = port_of(settings, name)
         if is_healthy(name, port, timeout=0.3):
             raise StarlingError(
                 f"port {port} already serves something: stop it or set STARLING_{name.upper()}_PORT"
             )
-    started: list[ServiceProcess] = []
-    for name in SERVICES:
-        port = _port(settings, name)
-        log_path = logs / f"{name}.log"
-        with log_path.open("ab") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}.server"],
-                env=env,
-                cwd=REPO_ROOT,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        started.append(ServiceProcess(name, process.pid, port, _metrics_port(settings, name), str(log_path)))
-    (run_dir(workdir) / "services.json").write_text(json.dumps([asdict(p) for p in started], indent=2))
+    with (logs / "supervisor.log").open("ab") as log_file:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "starling.supervisor", str(workdir)],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    (run_dir(workdir) / "supervisor.json").write_text(json.dumps({"pid": supervisor.pid}))
 
     deadline = time.monotonic() + timeout_s
-    waiting = {p.name: p for p in started}
+    waiting = set(SERVICES)
+    started: list[ServiceProcess] = []
     while waiting and time.monotonic() < deadline:
-        for name, process in list(waiting.items()):
-            if not _alive(process.pid):
+        if supervisor.poll() is not None:
+            down(workdir)
+            raise StarlingError(f"the supervisor exited during start-up; see {logs / 'supervisor.log'}")
+        started = read_state(workdir)
+        for process in started:
+            if process.restarts or process.last_exit is not None:  # crashed while starting: stop, show why
                 down(workdir)
                 tail = Path(process.log).read_text(errors="replace")[-2000:]
-                raise StarlingError(f"{name} exited during start-up; see {process.log}:\n{tail}")
-            if is_healthy(name, process.port):
-                del waiting[name]
+                raise StarlingError(f"{process.name} exited during start-up; see {process.log}:\n{tail}")
+            if process.name in waiting and is_healthy(process.name, process.port):
+                waiting.discard(process.name)
         time.sleep(0.2)
     if waiting:
         down(workdir)
@@ -182,9 +187,22 @@ def up(workdir: Path, timeout_s: float = 180.0, settings: Settings | None = None
 
 
 def down(workdir: Path, grace_s: float = 10.0) -> list[str]:
-    """Stop the services started from ``workdir`` (SIGTERM, then SIGKILL after ``grace_s``)."""
+    """Stop the supervisor and the services started from ``workdir`` (SIGTERM, then SIGKILL after
+    ``grace_s``)."""
     workdir = workdir.resolve()
-    processes = [p for p in read_state(workdir) if _alive(p.pid)]
+    names = [p.name for p in read_state(workdir) if _alive(p.pid)]
+    marker = run_dir(workdir) / "supervisor.json"
+    if marker.is_file():
+        supervisor = int(json.loads(marker.read_text())["pid"])
+        if _alive(supervisor):
+            os.kill(supervisor, signal.SIGTERM)  # it stops its services first
+            deadline = time.monotonic() + grace_s + 5
+            while time.monotonic() < deadline and _alive(supervisor):
+                time.sleep(0.1)
+            if _alive(supervisor):
+                os.killpg(supervisor, signal.SIGKILL)
+        marker.unlink()
+    processes = [p for p in read_state(workdir) if _alive(p.pid)]  # whatever outlived it
     for process in processes:
         os.kill(process.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
@@ -196,4 +214,19 @@ def down(workdir: Path, grace_s: float = 10.0) -> list[str]:
     state = run_dir(workdir) / "services.json"
     if state.exists():
         state.unlink()
-    return [p.name for p in processes]
+    return names or [p.name for p in processes]
+
+
+def status(workdir: Path) -> list[dict[str, object]]:
+    """Each service of ``workdir``'s `starling up`: pid, running, healthy, restarts, last exit code."""
+    rows = []
+    for process in read_state(workdir.resolve()):
+        alive = _alive(process.pid)
+        rows.append(
+            {
+                **asdict(process),
+                "running": alive,
+                "healthy": alive and is_healthy(process.name, process.port, timeout=0.5),
+            }
+        )
+    return rows

@@ -43,7 +43,7 @@ def stack(
     )
     pl.concat([ratings, late]).write_parquet(workdir / "ratings.parquet")
 
-    with running_stack(workdir) as settings:
+    with running_stack(workdir, supervise=False) as settings:  # killed stages stay dead (fallback tests)
         channel = authorized_channel(f"127.0.0.1:{settings.recommend_port}", client_token(settings))
         try:
             names = [p.name for p in read_state(workdir)]

@@ -29,6 +29,7 @@ from starling.config import get_settings
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 Register = Callable[[grpc.aio.Server], Awaitable[Sequence[str]]]
+OnStarted = Callable[["RunningService"], Awaitable[None]]
 
 
 @dataclass
@@ -49,9 +50,14 @@ class RunningService:
 
 
 async def start_service(
-    name: str, register: Register, port: int, metrics_port: int | None = None
+    name: str,
+    register: Register,
+    port: int,
+    metrics_port: int | None = None,
+    on_started: OnStarted | None = None,
 ) -> RunningService:
-    """Build and start the server for one service; returns once it accepts calls."""
+    """Build and start the server for one service; returns once it accepts calls. ``on_started`` runs then
+    (with the health servicer, e.g. to report the service's own dependencies)."""
     settings = get_settings()
     server = grpc.aio.server(
         interceptors=[
@@ -82,12 +88,17 @@ async def start_service(
     await server.start()
     for service_name in ["", *service_names]:
         await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningService(name, server, health_servicer, bound_port, bound_metrics_port, service_names)
+    running = RunningService(name, server, health_servicer, bound_port, bound_metrics_port, service_names)
+    if on_started is not None:
+        await on_started(running)
+    return running
 
 
-async def _serve_until_signalled(name: str, register: Register, port: int) -> None:
+async def _serve_until_signalled(
+    name: str, register: Register, port: int, on_started: OnStarted | None = None
+) -> None:
     log = configure_logging(name)
-    running = await start_service(name, register, port)
+    running = await start_service(name, register, port, on_started=on_started)
     log.info("serving", extra={"port": running.port, "metrics_port": running.metrics_port})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,10 +111,10 @@ async def _serve_until_signalled(name: str, register: Register, port: int) -> No
     log.info("stopped")
 
 
-def run_service(name: str, register: Register, port: int) -> None:
+def run_service(name: str, register: Register, port: int, on_started: OnStarted | None = None) -> None:
     """Entry point of a service process: serve until SIGTERM/SIGINT, then drain and exit."""
     try:
-        asyncio.run(_serve_until_signalled(name, register, port))
+        asyncio.run(_serve_until_signalled(name, register, port, on_started))
     except OSError as exc:
         logging.getLogger(f"starling.{name}").error("cannot start: %s", exc)
         raise SystemExit(1) from exc

@@ -28,14 +28,16 @@ import polars as pl
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 
 from services.common.catalog import Catalog
+from services.common.channels import STAGE_CHANNEL_OPTIONS
 from services.common.deadlines import downstream_timeout
 from services.common.errors import InvalidArgument, NotFound, check_id, check_k
 from services.common.following import every, follow, start_following_catalog
 from services.common.history import UserHistory
 from services.common.jsonlog import ThrottledLog
 from services.common.observability import MODEL_INFO, STAGE_FALLBACKS, STAGE_LATENCY
-from services.common.server import run_service
+from services.common.server import RunningService, run_service
 from services.recommend.catalog import CatalogServicer
+from services.recommend.dependencies import DependencyMonitor, grpc_health_probe
 from services.recommend.feedback import FeedbackRecorder
 from services.recommend.logic import (
     Ranked,
@@ -65,6 +67,7 @@ from starling.v1 import (
 )
 
 log = logging.getLogger("starling.recommend")
+RECOMMEND_SERVICE = recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
 FALLBACK_LOG = ThrottledLog(log)  # one line per stage and failure kind per 10 s, not one per request
 # KServe's client logs a traceback for every failed call; the fallback above reports them, throttled.
 logging.getLogger("kserve").setLevel(logging.CRITICAL)
@@ -104,17 +107,21 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         self.settings = settings
         self.feedback = feedback
         self.set_catalog(catalog)
-        options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
-        self.candidates = candidates_pb2_grpc.CandidateServiceStub(
-            grpc.aio.insecure_channel(stage_target(settings, "candidates"), options=options)
+        self.channels = {
+            stage: grpc.aio.insecure_channel(
+                stage_target(settings, stage), options=list(STAGE_CHANNEL_OPTIONS)
+            )
+            for stage in ("candidates", "recall", "rerank")
+        }
+        self.candidates = candidates_pb2_grpc.CandidateServiceStub(self.channels["candidates"])
+        self.recall = recall_pb2_grpc.RecallServiceStub(self.channels["recall"])
+        self.rerank = rerank_pb2_grpc.RerankServiceStub(self.channels["rerank"])
+        self.ranker = InferenceGRPCClient(
+            stage_target(settings, "ranker"),
+            retries=0,
+            timeout=None,
+            channel_args=list(STAGE_CHANNEL_OPTIONS),
         )
-        self.recall = recall_pb2_grpc.RecallServiceStub(
-            grpc.aio.insecure_channel(stage_target(settings, "recall"), options=options)
-        )
-        self.rerank = rerank_pb2_grpc.RerankServiceStub(
-            grpc.aio.insecure_channel(stage_target(settings, "rerank"), options=options)
-        )
-        self.ranker = InferenceGRPCClient(stage_target(settings, "ranker"), retries=0, timeout=None)
 
     def set_catalog(self, catalog: Catalog) -> None:
         self.catalog = catalog
@@ -367,14 +374,19 @@ def main() -> None:
         recommend.catalog_task = start_following_catalog(
             settings.workdir, catalog.apply_movies, settings.event_poll_s, catalog.movie_events
         )
+        probes = {stage: grpc_health_probe(channel, 0.5) for stage, channel in recommend.channels.items()}
+        probes["ranker"] = lambda: recommend.ranker.is_server_ready(timeout=0.5)
+        monitors.append(DependencyMonitor(probes, RECOMMEND_SERVICE))
         recommend_pb2_grpc.add_RecommendServiceServicer_to_server(recommend, server)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(catalog, server)
-        return [
-            recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name,
-            catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
-        ]
+        return [RECOMMEND_SERVICE, catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name]
 
-    run_service("recommend", register, settings.recommend_port)
+    async def watch_dependencies(running: RunningService) -> None:
+        tasks.append(asyncio.get_running_loop().create_task(monitors[0].run(running.health)))
+
+    monitors: list[DependencyMonitor] = []
+    tasks: list[asyncio.Task] = []  # referenced, so the loop keeps them
+    run_service("recommend", register, settings.recommend_port, on_started=watch_dependencies)
 
 
 if __name__ == "__main__":

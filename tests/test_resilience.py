@@ -1,4 +1,5 @@
-"""Property-based and malformed-payload fuzzing of every gRPC method, against the real running stack.
+"""Resilience against the real running stack: property-based and malformed-payload fuzzing of every gRPC
+method, and the supervisor restarting a killed service.
 
 Messages are drawn by hypothesis from the generated message types themselves (every field, nested messages,
 edge integers, NaN/inf floats, any Unicode, out-of-range Timestamps and enum values); payloads are random
@@ -10,7 +11,7 @@ INTERNAL or UNKNOWN, and no process dies. ``STARLING_FUZZ_EXAMPLES`` (default 15
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +206,60 @@ def test_malformed_payloads_are_invalid_argument_and_nothing_dies(fuzz_stack: Se
         with authorized_channel(f"127.0.0.1:{port}", token) as channel:
             _fuzz_payloads(channel, method, request_type)
     _all_alive(fuzz_stack)
+
+
+@pytest.mark.slow
+def test_a_killed_service_is_restarted_and_answers_recover_with_readiness(fuzz_stack: Settings) -> None:
+    """Runs last here. SIGKILL the ranker: recommend's dependency health flips at once (the process stays
+    SERVING and answers with a fallback), the supervisor starts the ranker again within 5 s, and answers are
+    undegraded within 2 s of it being healthy."""
+    import signal
+    import time
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from starling.local import is_healthy, status
+    from starling.v1 import recommend_pb2_grpc
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    channel = grpc.insecure_channel(f"127.0.0.1:{fuzz_stack.recommend_port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    stub = recommend_pb2_grpc.RecommendServiceStub(channel)
+
+    def health_of(service: str) -> int:
+        return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+    def recommend_degraded() -> bool:
+        request = recommend_pb2.RecommendRequest(user_id=1, k=5)
+        return bool(stub.Recommend(request, timeout=10).degraded)
+
+    def wait_for(condition: Callable[[], bool], seconds: float) -> float:
+        started = time.monotonic()
+        while not condition():
+            assert time.monotonic() - started < seconds, f"not within {seconds} s"
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    service = "starling.v1.RecommendService"
+    wait_for(lambda: health_of(service) == serving and not recommend_degraded(), 10)
+    (ranker,) = [p for p in read_state(fuzz_stack.workdir) if p.name == "ranker"]
+    os.kill(ranker.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    flipped = wait_for(lambda: health_of(service) == not_serving, 3)
+    assert health_of("") == serving and recommend_degraded(), "the process serves fallbacks meanwhile"
+
+    def restarted() -> bool:
+        (now,) = [p for p in read_state(fuzz_stack.workdir) if p.name == "ranker"]
+        return now.pid != ranker.pid and now.restarts == 1
+
+    wait_for(restarted, 5)
+    restart_s = time.monotonic() - killed
+    (new,) = [p for p in read_state(fuzz_stack.workdir) if p.name == "ranker"]
+    wait_for(lambda: is_healthy("ranker", new.port), 120)
+    recovered = wait_for(lambda: not recommend_degraded(), 2)
+    wait_for(lambda: health_of(service) == serving, 2)
+    row = next(r for r in status(fuzz_stack.workdir) if r["name"] == "ranker")
+    assert row["restarts"] == 1 and row["last_exit"] == -signal.SIGKILL and row["healthy"]
+    channel.close()
+    print(f"readiness flipped {flipped:.2f} s after the kill; restarted after {restart_s:.2f} s; "
+          f"undegraded {recovered:.2f} s after healthy")  # fmt: skip
