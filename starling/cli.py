@@ -191,6 +191,38 @@ def evaluate(workdir: Path, as_json: bool) -> None:
     click.echo(json.dumps(metrics, indent=2) if as_json else format_table(metrics))
 
 
+# ------------------------------------------------------------------------------------------------- events
+@cli.group(cls=_Group)
+def events() -> None:
+    """The durable event log of feedback and catalog changes (WORKDIR/events)."""
+
+
+@events.command("compact")
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.option(
+    "--min-age", "min_age_s", type=float, default=60.0, show_default=True, help="Seconds a file must be old."
+)
+def events_compact(workdir: Path, min_age_s: float) -> None:
+    """Fold each stream's older files into one segment (safe while services run)."""
+    from starling.events import MOVIE_STREAM, RATING_STREAM, compact
+
+    for stream in (RATING_STREAM, MOVIE_STREAM):
+        segment = compact(workdir, stream, min_age_s=min_age_s)
+        click.echo(f"{stream}: {segment.name if segment else 'nothing to compact'}")
+
+
+@events.command("verify")
+@click.argument("workdir", type=click.Path(path_type=Path))
+def events_verify(workdir: Path) -> None:
+    """Check every file of the log against its stream's schema; print counts (JSON); exit 2 on a problem."""
+    from starling.events import MOVIE_STREAM, RATING_STREAM, verify
+
+    reports = [verify(workdir, stream) for stream in (RATING_STREAM, MOVIE_STREAM)]
+    click.echo(json.dumps(reports, indent=2))
+    if any(report["problems"] for report in reports):
+        raise StarlingError("the event log has problems (above)")
+
+
 # --------------------------------------------------------------------------------------------------- auth
 @cli.group(cls=_Group)
 def auth() -> None:

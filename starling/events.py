@@ -4,6 +4,14 @@ Each write is one parquet file under WORKDIR/events/<stream>/, written to a temp
 renamed (then the directory is fsynced): once :func:`append` returns, the events survive a crash. Files are
 named by write time, so readers (services following the log, the next training run) take them in order.
 
+:func:`compact` (``starling events compact``; recommend runs it in the background) folds the files older than
+a minute into one *segment* (``<first>~<last>.segment.parquet``) whose rows carry the name of the file they
+came from (``_source``) and their row in it (``_row``), then deletes those files. Readers skip a file that a
+segment holds and drop repeated (``_source``, ``_row``) pairs, so a crash between writing a segment and
+deleting its files, or two compactions at once, never duplicates an event; a follower that had applied a
+file already skips its rows in the segment. Restart time stays bounded by the number of segments plus a
+minute of single files. :func:`verify` (``starling events verify``) checks every file against its schema.
+
 Streams:
 - ``ratings``: user_id, movie_id, rating (float32; NaN for implicit kinds), event_timestamp (UTC), kind
   ("rating", "click", "watch");
@@ -51,25 +59,131 @@ def append(workdir: Path, stream: str, frame: pl.DataFrame) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     frame = frame.select([pl.col(name).cast(dtype) for name, dtype in SCHEMAS[stream].items()])
     name = f"{time.time_ns():020d}-{os.getpid()}-{next(_sequence):06d}.parquet"
+    return _write_durably(directory, name, frame)
+
+
+def _write_durably(directory: Path, name: str, frame: pl.DataFrame) -> Path:
     temporary = directory / f".{name}.tmp"
     frame.write_parquet(temporary)
     with temporary.open("rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(temporary, directory / name)
+    _fsync_dir(directory)
+    return directory / name
+
+
+def _fsync_dir(directory: Path) -> None:
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return directory / name
+
+
+SEGMENT_SUFFIX = ".segment.parquet"
+SOURCE, ROW = "_source", "_row"
+
+
+def is_segment(path: Path) -> bool:
+    return path.name.endswith(SEGMENT_SUFFIX)
+
+
+def _log_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("[0-9]*.parquet")) if directory.is_dir() else []
+
+
+def _with_provenance(path: Path) -> pl.DataFrame:
+    """A file's rows with (_source, _row): a segment has them; a single file gets its own name."""
+    frame = pl.read_parquet(path)
+    if is_segment(path):
+        return frame
+    return frame.with_columns(
+        pl.lit(path.name).alias(SOURCE), pl.int_range(pl.len(), dtype=pl.Int64).alias(ROW)
+    )
+
+
+def _read(files: list[Path], skip_sources: set[str] | frozenset[str] = frozenset()) -> pl.DataFrame | None:
+    """The files' events in order, each (_source, _row) once and none from ``skip_sources``."""
+    if not files:
+        return None
+    frame = pl.concat([_with_provenance(f) for f in files], how="vertical_relaxed")
+    if skip_sources:
+        frame = frame.filter(~pl.col(SOURCE).is_in(list(skip_sources)))
+    return frame.unique([SOURCE, ROW], keep="first", maintain_order=True).sort(
+        [SOURCE, ROW], maintain_order=True
+    )
+
+
+def _covered(files: list[Path]) -> set[str]:
+    """Names of the single files that some segment among ``files`` holds."""
+    segments = [f for f in files if is_segment(f)]
+    if not segments:
+        return set()
+    return set(pl.concat([pl.read_parquet(f, columns=[SOURCE]) for f in segments])[SOURCE].unique().to_list())
 
 
 def read_all(workdir: Path, stream: str) -> pl.DataFrame:
     """Every event of a stream, in write order (an empty frame with the schema when there are none)."""
-    files = sorted(stream_dir(workdir, stream).glob("[0-9]*.parquet"))
-    if not files:
+    files = _log_files(stream_dir(workdir, stream))
+    covered = _covered(files)
+    frame = _read([f for f in files if is_segment(f) or f.name not in covered])
+    if frame is None:
         return pl.DataFrame(schema=SCHEMAS[stream])
-    return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+    return frame.drop(SOURCE, ROW)
+
+
+def compact(
+    workdir: Path, stream: str, min_age_s: float = 60.0, min_files: int = 2, max_segments: int = 8
+) -> Path | None:
+    """Fold the single files older than ``min_age_s`` into one segment (and the segments too, once there
+    are ``max_segments``); returns the new segment (None: nothing to do)."""
+    directory = stream_dir(workdir, stream)
+    cutoff_ns = time.time_ns() - int(min_age_s * 1e9)
+    files = _log_files(directory)
+    segments = [f for f in files if is_segment(f)]
+    covered = _covered(segments)
+    old = [f for f in files if not is_segment(f) and int(f.name.split("-", 1)[0]) < cutoff_ns]
+    stale = [f for f in old if f.name in covered]  # a crash left them after their segment was written
+    old = [f for f in old if f.name not in covered]
+    folded = old + (segments if len(segments) >= max_segments else [])
+    if len(old) < min_files and len(folded) == len(old):
+        for f in stale:
+            f.unlink(missing_ok=True)
+        return None
+    frame = _read(folded)
+    sources = frame[SOURCE]
+    name = (
+        f"{sources.min().removesuffix('.parquet')}~{sources.max().removesuffix('.parquet')}{SEGMENT_SUFFIX}"
+    )
+    segment = _write_durably(directory, name, frame)
+    for f in [*folded, *stale]:  # the segment is durable: what it holds may go (a crash here is harmless)
+        if f != segment:
+            f.unlink(missing_ok=True)
+    _fsync_dir(directory)
+    return segment
+
+
+def verify(workdir: Path, stream: str) -> dict[str, object]:
+    """Counts, and every problem found (unreadable file, wrong columns, an event twice)."""
+    files = _log_files(stream_dir(workdir, stream))
+    problems: list[str] = []
+    for f in files:
+        try:
+            columns = set(pl.read_parquet_schema(f))
+        except Exception as exc:
+            problems.append(f"{f.name}: unreadable ({exc})")
+            continue
+        missing = sorted(set(SCHEMAS[stream]) - columns)
+        if missing:
+            problems.append(f"{f.name}: missing columns {missing}")
+    events = read_all(workdir, stream).height if not problems else None
+    return {
+        "stream": stream,
+        "files": sum(not is_segment(f) for f in files),
+        "segments": sum(is_segment(f) for f in files),
+        "events": events,
+        "problems": problems,
+    }
 
 
 class EventFollower:
@@ -81,20 +195,24 @@ class EventFollower:
         self.lock = threading.Lock()
         self.directory = stream_dir(workdir, stream)
         self.stream = stream
-        self.seen: set[str] = set()
-        if start_at_end and self.directory.is_dir():
-            self.seen = {f.name for f in self.directory.glob("[0-9]*.parquet")}
+        self.seen: set[str] = set()  # names of single files applied, and of segments read
+        if start_at_end:
+            files = _log_files(self.directory)
+            self.seen = {f.name for f in files} | _covered(files)
 
     def mark_seen(self, path: Path) -> None:
         self.seen.add(path.name)
 
     def poll(self) -> pl.DataFrame | None:
-        if not self.directory.is_dir():
-            return None
+        """The events of files (and segment rows) not seen yet, in order; None when there are none."""
         with self.lock:
-            new = sorted(f for f in self.directory.glob("[0-9]*.parquet") if f.name not in self.seen)
+            new = [f for f in _log_files(self.directory) if f.name not in self.seen]
             if not new:
                 return None
-            frames = [pl.read_parquet(f) for f in new]
+            covered = _covered(new)
+            frame = _read([f for f in new if is_segment(f) or f.name not in covered], skip_sources=self.seen)
             self.seen.update(f.name for f in new)
-        return pl.concat(frames, how="vertical_relaxed")
+            self.seen.update(covered)
+        if frame is None or frame.height == 0:
+            return None
+        return frame.drop(SOURCE, ROW)

@@ -51,7 +51,7 @@ from services.recommend.logic import (
     validate_recommend,
 )
 from starling.config import Settings, get_settings, stage_target
-from starling.events import RATING_STREAM, EventFollower
+from starling.events import MOVIE_STREAM, RATING_STREAM, EventFollower, compact
 from starling.featurestore import get_feature_store
 from starling.v1 import (
     candidates_pb2,
@@ -354,6 +354,13 @@ def build_servicers(workdir: Path) -> tuple[RecommendServicer, CatalogServicer]:
     return recommend, catalog_servicer
 
 
+def compact_event_log() -> None:
+    """Keep restart time bounded: older single files of both streams folded into segments."""
+    workdir = get_settings().workdir
+    for stream in (RATING_STREAM, MOVIE_STREAM):
+        compact(workdir, stream)
+
+
 def main() -> None:
     settings = get_settings()
 
@@ -371,6 +378,7 @@ def main() -> None:
         recommend.retry_task = asyncio.get_running_loop().create_task(
             every(settings.event_poll_s * 5, recorder.retry_pending)
         )
+        recommend.compact_task = asyncio.get_running_loop().create_task(every(60.0, compact_event_log))
         recommend.catalog_task = start_following_catalog(
             settings.workdir, catalog.apply_movies, settings.event_poll_s, catalog.movie_events
         )
