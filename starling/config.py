@@ -67,6 +67,10 @@ class Settings(BaseSettings):
         0, description="Prometheus /metrics port of this process; 0 = gRPC port + 1000."
     )
     grpc_workers: int = Field(0, description="Max concurrent RPCs per service; 0 = unlimited.")
+    max_in_flight: int = Field(
+        64,
+        description="Calls a service handles at once; beyond it RESOURCE_EXHAUSTED at once (0 = no limit).",
+    )
     shutdown_grace_s: float = Field(5.0, description="On SIGTERM: stop accepting, let in-flight RPCs finish.")
     supervise: bool = Field(
         True, description="`starling up`'s supervisor restarts a service that exits (0: it only watches)."

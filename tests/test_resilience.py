@@ -28,8 +28,10 @@ from starling.local import read_state
 from starling.v1 import (
     candidates_pb2,
     catalog_pb2,
+    catalog_pb2_grpc,
     recall_pb2,
     recommend_pb2,
+    recommend_pb2_grpc,
     rerank_pb2,
 )
 
@@ -210,7 +212,7 @@ def test_malformed_payloads_are_invalid_argument_and_nothing_dies(fuzz_stack: Se
 
 @pytest.mark.slow
 def test_a_killed_service_is_restarted_and_answers_recover_with_readiness(fuzz_stack: Settings) -> None:
-    """Runs last here. SIGKILL the ranker: recommend's dependency health flips at once (the process stays
+    """SIGKILL the ranker: recommend's dependency health flips at once (the process stays
     SERVING and answers with a fallback), the supervisor starts the ranker again within 5 s, and answers are
     undegraded within 2 s of it being healthy."""
     import signal
@@ -219,7 +221,6 @@ def test_a_killed_service_is_restarted_and_answers_recover_with_readiness(fuzz_s
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from starling.local import is_healthy, status
-    from starling.v1 import recommend_pb2_grpc
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     channel = grpc.insecure_channel(f"127.0.0.1:{fuzz_stack.recommend_port}")
@@ -263,3 +264,69 @@ def test_a_killed_service_is_restarted_and_answers_recover_with_readiness(fuzz_s
     channel.close()
     print(f"readiness flipped {flipped:.2f} s after the kill; restarted after {restart_s:.2f} s; "
           f"undegraded {recovered:.2f} s after healthy")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_recommend_killed_between_log_and_push_repairs_the_online_store_on_restart(
+    fuzz_stack: Settings,
+) -> None:
+    """The state a crash between the durable log append and the online push leaves: recommend is dead, the
+    event is in the log, the online store never saw it. The supervisor restarts recommend, which replays the
+    log: the user's online row appears without further input; a re-rating's order is still by event time."""
+    import datetime as dt
+    import signal
+    import time
+
+    import polars as pl
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from starling import events
+    from starling.featurestore import read_online_features
+    from starling.local import is_healthy
+
+    user = 999_999
+    target = f"127.0.0.1:{fuzz_stack.recommend_port}"
+    token = client_token(fuzz_stack)
+    with authorized_channel(target, token) as channel:  # a re-rating whose older event arrives last
+        stub = recommend_pb2_grpc.RecommendServiceStub(channel)
+        for rating, seconds in ((5.0, 1_700_000_000), (0.5, 1_690_000_000)):
+            event = recommend_pb2.FeedbackEvent(
+                user_id=9, movie_id=7, kind=recommend_pb2.FEEDBACK_KIND_RATING, rating=rating,
+                time=Timestamp(seconds=seconds),
+            )  # fmt: skip
+            assert stub.RecordFeedback(
+                recommend_pb2.RecordFeedbackRequest(events=[event]), timeout=10
+            ).accepted
+
+    (recommend,) = [p for p in read_state(fuzz_stack.workdir) if p.name == "recommend"]
+    os.kill(recommend.pid, signal.SIGKILL)
+    logged = pl.DataFrame(
+        {
+            "user_id": [user] * 3,
+            "movie_id": [1, 2, 3],
+            "rating": [4.0, 4.5, 2.0],
+            "event_timestamp": [dt.datetime(2024, 6, 1, tzinfo=dt.UTC)] * 3,
+            "kind": ["rating"] * 3,
+        },
+        schema=events.SCHEMAS[events.RATING_STREAM],
+    )
+    events.append(fuzz_stack.workdir, events.RATING_STREAM, logged)  # durable; nobody alive to push it
+    assert read_online_features(fuzz_stack.workdir, [user], [])["users"][0].get("user_rating_count") is None
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        (now,) = [p for p in read_state(fuzz_stack.workdir) if p.name == "recommend"]
+        if now.pid != recommend.pid and is_healthy("recommend", now.port):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("recommend was not restarted and healthy within 120 s")
+    row = read_online_features(fuzz_stack.workdir, [user], [])["users"][0]
+    assert row.get("user_rating_count") == 3, row
+    with authorized_channel(target, token) as channel:
+        ratings = catalog_pb2_grpc.CatalogServiceStub(channel).ListUserRatings(
+            catalog_pb2.ListUserRatingsRequest(user_id=9, limit=500), timeout=10
+        )
+    assert {r.movie.movie_id: r.rating for r in ratings.ratings}[7] == 5.0, (
+        "by event time after a restart too"
+    )

@@ -28,9 +28,14 @@ async def _register_probe(server: grpc.aio.Server) -> list[str]:
     async def boom(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         raise RuntimeError("kaboom")
 
+    async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(0.5)
+        return b"done"
+
     handlers = {
         "Timeout": grpc.unary_unary_rpc_method_handler(timeout),
         "Boom": grpc.unary_unary_rpc_method_handler(boom),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PROBE_SERVICE, handlers),))
     return [PROBE_SERVICE]
@@ -118,3 +123,35 @@ def test_throttled_log_folds_repeats_into_one_line_per_interval(caplog: pytest.L
     throttled.interval_s = 0
     assert throttled.warning("ranker:UNAVAILABLE", "stage fell back")
     assert caplog.records[-1].repeats_since_last_line == 499
+
+
+def test_calls_beyond_the_in_flight_limit_are_refused_at_once_and_probes_still_answer() -> None:
+    async def scenario() -> None:
+        running = await start_service("probe", _register_probe, port=0, metrics_port=0, max_in_flight=3)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            slow = channel.unary_unary(f"/{PROBE_SERVICE}/Slow")
+
+            async def one() -> tuple[str, float]:
+                started = asyncio.get_running_loop().time()
+                try:
+                    await slow(b"", timeout=5)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                    assert "overloaded: 3 calls in flight (limit 3)" in exc.details()
+                return code, asyncio.get_running_loop().time() - started
+
+            burst = asyncio.gather(*(one() for _ in range(12)))
+            await asyncio.sleep(0.1)
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING, "probes are never shed"
+            results = await burst
+            codes = [code for code, _ in results]
+            assert codes.count("OK") == 3 and codes.count("RESOURCE_EXHAUSTED") == 9
+            assert max(seconds for code, seconds in results if code != "OK") < 0.4, "refused at once"
+            assert (await slow(b"", timeout=5)) == b"done", "capacity is back once calls finish"
+        await running.drain_and_stop(0)
+
+    asyncio.run(scenario())

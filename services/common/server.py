@@ -1,5 +1,5 @@
 """One bootstrap for every gRPC service: grpc.aio server, standard health and reflection, interceptors
-(Prometheus metrics, API-key authentication, malformed requests as INVALID_ARGUMENT) and the /metrics port,
+(Prometheus metrics, load shedding, API-key authentication, malformed requests as INVALID_ARGUMENT) and the /metrics port,
 JSON logs, and a graceful drain on SIGTERM.
 
 A service module only provides a ``register`` function that adds its servicers and returns their full
@@ -22,6 +22,7 @@ import starling
 from services.common.auth import AuthInterceptor
 from services.common.decoding import MalformedRequestInterceptor
 from services.common.jsonlog import configure_logging
+from services.common.limits import InFlightLimitInterceptor
 from services.common.observability import BUILD_INFO, MetricsInterceptor, start_metrics_server
 from starling.auth import keys_file
 from starling.config import get_settings
@@ -55,6 +56,7 @@ async def start_service(
     port: int,
     metrics_port: int | None = None,
     on_started: OnStarted | None = None,
+    max_in_flight: int | None = None,
 ) -> RunningService:
     """Build and start the server for one service; returns once it accepts calls. ``on_started`` runs then
     (with the health servicer, e.g. to report the service's own dependencies)."""
@@ -62,6 +64,7 @@ async def start_service(
     server = grpc.aio.server(
         interceptors=[
             MetricsInterceptor(),
+            InFlightLimitInterceptor(settings.max_in_flight if max_in_flight is None else max_in_flight),
             AuthInterceptor(keys_file(settings), settings.auth_reads),
             MalformedRequestInterceptor(),
         ],

@@ -338,6 +338,8 @@ async def errors_and_metrics(
     except grpc.aio.AioRpcError as exc:
         status = HTTP_STATUS_OF_GRPC.get(exc.code(), 502)
         message = exc.details() or exc.code().name
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and message.startswith("overloaded"):
+            status = 429  # shed by the service's in-flight limit (not a message over the size limit)
         if status >= 500:
             message = f"{request.app[BACKEND].target}: {message}"
             log.warning(
