@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # --- services -----------------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface the gRPC services bind to (0.0.0.0 in Kubernetes).")
     recommend_port: int = Field(50051, description="Public RecommendService port.")
+    admin_port: int = Field(
+        50060, description="Recommend's admin port: CatalogService with its writes (UpsertMovie); not public."
+    )
     candidates_port: int = 50052
     recall_port: int = 50053
     rerank_port: int = 50054

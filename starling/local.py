@@ -71,9 +71,12 @@ def service_environment(workdir: Path, settings: Settings) -> dict[str, str]:
     return env
 
 
-def is_healthy(name: str, port: int, timeout: float = 1.0) -> bool:
-    """Standard gRPC health for our services; the v2 ServerReady RPC for the KServe ranker; GET /healthz for
-    the web gateway."""
+RECOMMEND_SERVICE = "starling.v1.RecommendService"
+
+
+def is_healthy(name: str, port: int, timeout: float = 1.0, service: str = "") -> bool:
+    """Standard gRPC health (of ``service``; "" = the process) for our services; the v2 ServerReady RPC for
+    the KServe ranker; GET /healthz for the web gateway."""
     if name == "web":
         try:
             no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -93,7 +96,7 @@ def is_healthy(name: str, port: int, timeout: float = 1.0) -> bool:
                     .ready
                 )
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
             return reply.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
@@ -147,8 +150,8 @@ def up(workdir: Path, timeout_s: float = 180.0, settings: Settings | None = None
     logs.mkdir(parents=True, exist_ok=True)
     ensure_local_key(settings.model_copy(update={"workdir": workdir}))  # writes need it; see starling/auth.py
     env = service_environment(workdir, settings)
-    for name in SERVICES:  # before starting anything, so a refusal leaves nothing behind
-        port = port_of(settings, name)
+    for name in (*SERVICES, "admin"):  # before starting anything, so a refusal leaves nothing behind
+        port = settings.admin_port if name == "admin" else port_of(settings, name)
         if is_healthy(name, port, timeout=0.3):
             raise StarlingError(
                 f"port {port} already serves something: stop it or set STARLING_{name.upper()}_PORT"
@@ -183,6 +186,15 @@ def up(workdir: Path, timeout_s: float = 180.0, settings: Settings | None = None
     if waiting:
         down(workdir)
         raise StarlingError(f"{sorted(waiting)} not healthy after {timeout_s:.0f} s; logs in {logs}")
+    # Ready as a whole once recommend itself reaches every stage (its dependency health, see
+    # services/recommend/dependencies.py): the first request is then served undegraded.
+    while not is_healthy("recommend", settings.recommend_port, service=RECOMMEND_SERVICE):
+        if time.monotonic() > deadline:
+            down(workdir)
+            raise StarlingError(
+                f"recommend does not reach every stage after {timeout_s:.0f} s; logs in {logs}"
+            )
+        time.sleep(0.1)
     return started
 
 

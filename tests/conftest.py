@@ -150,6 +150,7 @@ def running_stack(workdir: Path, **overrides: object) -> Iterator[Settings]:
     from starling.local import down, up
 
     ports = {f"{name}_port": pick_port(True) for name in ("recommend", "candidates", "recall", "rerank")}
+    ports["admin_port"] = pick_port()
     ports.update({f"{name}_port": pick_port() for name in ("ranker_grpc", "ranker_http", "web")})
     deadlines = {f"{stage}_timeout_ms": 5000 for stage in ("candidates", "recall", "ranker", "rerank")}
     settings = Settings(workdir=workdir, **{**ports, **deadlines, **overrides})

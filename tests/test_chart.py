@@ -767,3 +767,23 @@ def test_recommend_reads_the_api_keys_from_a_secret(helm: str, rendered: dict[st
     pod = recommend_pod(own)
     assert next(v for v in pod["volumes"] if v["name"] == "api-keys")["secret"]["secretName"] == "my-keys"
     assert {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}["STARLING_AUTH_READS"] == "true"
+
+
+def test_catalog_writes_have_their_own_unexposed_port(helm: str, rendered: dict[str, list[Manifest]]) -> None:
+    (admin,) = find(rendered["default"], "Service", "starling-recommend-admin")
+    assert admin["spec"]["type"] == "ClusterIP" and [p["port"] for p in admin["spec"]["ports"]] == [50060]
+    (public,) = find(rendered["default"], "Service", "starling-recommend")
+    assert 50060 not in [p["port"] for p in public["spec"]["ports"]]
+    (deployment,) = find(rendered["default"], "Deployment", "starling-recommend")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "admin", "containerPort": 50060, "protocol": "TCP"} in container["ports"]
+    assert {"name": "STARLING_ADMIN_PORT", "value": "50060"} in container["env"]
+
+    def admin_rules(manifests: list[Manifest]) -> list[dict[str, Any]]:
+        (policy,) = find(manifests, "NetworkPolicy", "starling-recommend")
+        return [r for r in policy["spec"]["ingress"] if any(p["port"] == 50060 for p in r["ports"])]
+
+    assert admin_rules(rendered["default"]) == [], "nobody reaches the admin port by default"
+    allowed = render(helm, None, "networkPolicy.adminFrom[0].podSelector.matchLabels.role=catalog-editor")
+    (rule,) = admin_rules(allowed)
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"role": "catalog-editor"}}}]

@@ -113,7 +113,7 @@ def methods(settings_: Settings) -> list[tuple[int, str, type[Message]]]:
             "/starling.v1.RecommendService/RecordFeedback",
             recommend_pb2.RecordFeedbackRequest,
         ),
-        (settings_.recommend_port, "/starling.v1.CatalogService/UpsertMovie", catalog_pb2.UpsertMovieRequest),
+        (settings_.admin_port, "/starling.v1.CatalogService/UpsertMovie", catalog_pb2.UpsertMovieRequest),
         (settings_.recommend_port, "/starling.v1.CatalogService/GetMovie", catalog_pb2.GetMovieRequest),
         (
             settings_.recommend_port,

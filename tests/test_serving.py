@@ -204,8 +204,9 @@ def test_writes_need_an_api_key_with_their_scope_and_reads_stay_open(stack) -> N
     upsert = catalog_pb2.UpsertMovieRequest(movie=catalog_pb2.Movie(title="Nobody's Movie", genres=["Drama"]))
     feedback_only = add_key(keys_file(settings), "feedback-only", ["feedback:write"])
 
-    def call(token: str | None, write: str) -> grpc.StatusCode:
-        channel = authorized_channel(target, token)
+    def call(token: str | None, write: str, port: int | None = None) -> grpc.StatusCode:
+        port = port or (settings.recommend_port if write == "feedback" else settings.admin_port)
+        channel = authorized_channel(f"127.0.0.1:{port}", token)
         try:
             if write == "feedback":
                 recommend_pb2_grpc.RecommendServiceStub(channel).RecordFeedback(feedback, timeout=10)
@@ -223,6 +224,10 @@ def test_writes_need_an_api_key_with_their_scope_and_reads_stay_open(stack) -> N
     assert call("stk_" + "x" * 43, "feedback") == grpc.StatusCode.UNAUTHENTICATED
     assert call(feedback_only, "catalog") == grpc.StatusCode.PERMISSION_DENIED
     assert call(feedback_only, "feedback") == grpc.StatusCode.OK
+    # catalog writes are not served on the public port at all, whatever the key
+    assert (
+        call(client_token(settings), "catalog", settings.recommend_port) == grpc.StatusCode.PERMISSION_DENIED
+    )
     stored = (settings.workdir / "secrets" / "api_keys.json").read_text()
     assert feedback_only not in stored and "sha256" in stored, "keys are stored hashed"
     assert oct((settings.workdir / "secrets" / "api-token").stat().st_mode & 0o777) == "0o600"
@@ -240,10 +245,10 @@ def test_malformed_bytes_are_invalid_argument_on_every_method(stack, payload: by
             "/starling.v1.RecommendService/Recommend",
             "/starling.v1.RecommendService/SimilarItems",
             "/starling.v1.RecommendService/RecordFeedback",
-            "/starling.v1.CatalogService/UpsertMovie",
             "/starling.v1.CatalogService/GetMovie",
             "/starling.v1.CatalogService/ListUserRatings",
         ],
+        settings.admin_port: ["/starling.v1.CatalogService/UpsertMovie"],
         settings.candidates_port: ["/starling.v1.CandidateService/GetCandidates"],
         settings.recall_port: [
             "/starling.v1.RecallService/Recall",
@@ -289,9 +294,11 @@ def test_health_and_metrics(stack) -> None:
     assert "starling_model_info{" in text
 
 
-def _catalog_stub(settings: Settings) -> catalog_pb2_grpc.CatalogServiceStub:
+def _catalog_stub(settings: Settings, admin: bool = False) -> catalog_pb2_grpc.CatalogServiceStub:
+    """CatalogService on the public port (reads), or on the admin port (``admin``: with UpsertMovie)."""
+    port = settings.admin_port if admin else settings.recommend_port
     return catalog_pb2_grpc.CatalogServiceStub(
-        authorized_channel(f"127.0.0.1:{settings.recommend_port}", client_token(settings))
+        authorized_channel(f"127.0.0.1:{port}", client_token(settings))
     )
 
 
@@ -507,7 +514,7 @@ def test_new_movie_is_served_at_once(stack) -> None:
     from starling.featurestore import read_online_features
     from starling.v1 import candidates_pb2, candidates_pb2_grpc, recall_pb2, recall_pb2_grpc
 
-    catalog = _catalog_stub(settings)
+    catalog = _catalog_stub(settings, admin=True)
     movie = catalog_pb2.Movie(title="Starling Night", release_year=2026, genres=["Horror", "Thriller"])
     reply = catalog.UpsertMovie(catalog_pb2.UpsertMovieRequest(movie=movie), timeout=10)
     assert reply.created and reply.movie.title == "Starling Night" and reply.movie.rating_count == 0

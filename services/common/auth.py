@@ -107,3 +107,24 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"{name} needs scope {scope!r}; key {key.name!r} has {sorted(key.scopes)}",
             )
         return await continuation(handler_call_details)
+
+
+class AdminOnlyInterceptor(grpc.aio.ServerInterceptor):
+    """On the public port, refuse the methods served only on the admin port (PERMISSION_DENIED, naming it)."""
+
+    def __init__(self, admin_methods: dict[str, int]) -> None:
+        self.admin_methods = admin_methods  # full method name -> admin port
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        if method in self.admin_methods:
+            return _refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{method.rpartition('/')[2]} is served on the admin port {self.admin_methods[method]} "
+                "(STARLING_ADMIN_PORT), not on the public one",
+            )
+        return await continuation(handler_call_details)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import starling
-from services.common.auth import AuthInterceptor
+from services.common.auth import AdminOnlyInterceptor, AuthInterceptor
 from services.common.decoding import MalformedRequestInterceptor
 from services.common.jsonlog import configure_logging
 from services.common.limits import InFlightLimitInterceptor
@@ -57,6 +57,8 @@ async def start_service(
     metrics_port: int | None = None,
     on_started: OnStarted | None = None,
     max_in_flight: int | None = None,
+    admin_only: Mapping[str, int] | None = None,
+    metrics: bool = True,
 ) -> RunningService:
     """Build and start the server for one service; returns once it accepts calls. ``on_started`` runs then
     (with the health servicer, e.g. to report the service's own dependencies)."""
@@ -65,6 +67,7 @@ async def start_service(
         interceptors=[
             MetricsInterceptor(),
             InFlightLimitInterceptor(settings.max_in_flight if max_in_flight is None else max_in_flight),
+            AdminOnlyInterceptor(admin_only or {}),
             AuthInterceptor(keys_file(settings), settings.auth_reads),
             MalformedRequestInterceptor(),
         ],
@@ -84,9 +87,11 @@ async def start_service(
     bound_port = server.add_insecure_port(f"{settings.host}:{port}")
     if bound_port == 0:
         raise OSError(f"{name}: could not bind {settings.host}:{port}")
-    if metrics_port is None:
-        metrics_port = settings.metrics_port or bound_port + 1000
-    bound_metrics_port = start_metrics_server(metrics_port, settings.host)
+    bound_metrics_port = 0
+    if metrics:  # one /metrics per process: a second server of the process shares the first one's
+        if metrics_port is None:
+            metrics_port = settings.metrics_port or bound_port + 1000
+        bound_metrics_port = start_metrics_server(metrics_port, settings.host)
     BUILD_INFO.labels(name, starling.__version__).set(1)
     await server.start()
     for service_name in ["", *service_names]:
@@ -97,12 +102,35 @@ async def start_service(
     return running
 
 
+@dataclass(frozen=True)
+class AdminServer:
+    """A second server of the same process, on its own port, for methods the public port refuses."""
+
+    register: Register
+    port: int
+    methods: tuple[str, ...]  # full method names served only here
+
+
 async def _serve_until_signalled(
-    name: str, register: Register, port: int, on_started: OnStarted | None = None
+    name: str,
+    register: Register,
+    port: int,
+    on_started: OnStarted | None = None,
+    admin: AdminServer | None = None,
 ) -> None:
     log = configure_logging(name)
-    running = await start_service(name, register, port, on_started=on_started)
-    log.info("serving", extra={"port": running.port, "metrics_port": running.metrics_port})
+    admin_only = dict.fromkeys(admin.methods, admin.port) if admin else None
+    servers = [await start_service(name, register, port, on_started=on_started, admin_only=admin_only)]
+    if admin is not None:
+        servers.append(await start_service(f"{name}-admin", admin.register, admin.port, metrics=False))
+    log.info(
+        "serving",
+        extra={
+            "port": servers[0].port,
+            "metrics_port": servers[0].metrics_port,
+            "admin_port": admin and admin.port,
+        },
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,14 +138,21 @@ async def _serve_until_signalled(
     await stop.wait()
     grace = get_settings().shutdown_grace_s
     log.info("draining", extra={"grace_s": grace})
-    await running.drain_and_stop(grace)
+    await asyncio.gather(*(server.drain_and_stop(grace) for server in servers))
     log.info("stopped")
 
 
-def run_service(name: str, register: Register, port: int, on_started: OnStarted | None = None) -> None:
-    """Entry point of a service process: serve until SIGTERM/SIGINT, then drain and exit."""
+def run_service(
+    name: str,
+    register: Register,
+    port: int,
+    on_started: OnStarted | None = None,
+    admin: AdminServer | None = None,
+) -> None:
+    """Entry point of a service process: serve until SIGTERM/SIGINT, then drain and exit. ``admin``: a second
+    port for the methods the public one refuses (catalog writes), never exposed publicly."""
     try:
-        asyncio.run(_serve_until_signalled(name, register, port, on_started))
+        asyncio.run(_serve_until_signalled(name, register, port, on_started, admin))
     except OSError as exc:
         logging.getLogger(f"starling.{name}").error("cannot start: %s", exc)
         raise SystemExit(1) from exc

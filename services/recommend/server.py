@@ -35,7 +35,7 @@ from services.common.following import every, follow, start_following_catalog
 from services.common.history import UserHistory
 from services.common.jsonlog import ThrottledLog
 from services.common.observability import MODEL_INFO, STAGE_FALLBACKS, STAGE_LATENCY
-from services.common.server import RunningService, run_service
+from services.common.server import AdminServer, RunningService, run_service
 from services.recommend.catalog import CatalogServicer
 from services.recommend.dependencies import DependencyMonitor, grpc_health_probe
 from services.recommend.feedback import FeedbackRecorder
@@ -68,6 +68,7 @@ from starling.v1 import (
 
 log = logging.getLogger("starling.recommend")
 RECOMMEND_SERVICE = recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
+CATALOG_SERVICE = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
 FALLBACK_LOG = ThrottledLog(log)  # one line per stage and failure kind per 10 s, not one per request
 # KServe's client logs a traceback for every failed call; the fallback above reports them, throttled.
 logging.getLogger("kserve").setLevel(logging.CRITICAL)
@@ -387,14 +388,21 @@ def main() -> None:
         monitors.append(DependencyMonitor(probes, RECOMMEND_SERVICE))
         recommend_pb2_grpc.add_RecommendServiceServicer_to_server(recommend, server)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(catalog, server)
-        return [RECOMMEND_SERVICE, catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name]
+        servicers.append(catalog)
+        return [RECOMMEND_SERVICE, CATALOG_SERVICE]
+
+    async def register_admin(server: grpc.aio.Server) -> list[str]:
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(servicers[0], server)
+        return [CATALOG_SERVICE]
 
     async def watch_dependencies(running: RunningService) -> None:
         tasks.append(asyncio.get_running_loop().create_task(monitors[0].run(running.health)))
 
     monitors: list[DependencyMonitor] = []
+    servicers: list[CatalogServicer] = []  # the one catalog servicer, shared by both ports
     tasks: list[asyncio.Task] = []  # referenced, so the loop keeps them
-    run_service("recommend", register, settings.recommend_port, on_started=watch_dependencies)
+    admin = AdminServer(register_admin, settings.admin_port, (f"/{CATALOG_SERVICE}/UpsertMovie",))
+    run_service("recommend", register, settings.recommend_port, on_started=watch_dependencies, admin=admin)
 
 
 if __name__ == "__main__":
