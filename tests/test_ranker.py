@@ -133,6 +133,38 @@ def _check_hardening(pid: int, grpc_port: int, http_port: int) -> None:
     assert ready.status_code == 200, "the model is still loaded and serving"
 
 
+def _check_metadata_and_reflection(grpc_port: int, http_port: int) -> None:
+    """What a generic v2 client (and grpcurl) learns without reading the code."""
+    import asyncio
+
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as v2
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as v2_grpc
+    from test_service_common import reflection_v1
+
+    expected_inputs = [
+        ("user_id", "INT64", [1]),
+        ("movie_ids", "INT64", [-1]),
+        ("candidate_features", "FP32", [-1, len(CANDIDATE_FEATURES)]),
+    ]
+    expected_outputs = [("scores", "FP32", [-1]), ("user_features_found", "BOOL", [1])]
+    rest = httpx.get(f"http://127.0.0.1:{http_port}/v2/models/{MODEL}", timeout=10).json()
+    assert [(i["name"], i["datatype"], i["shape"]) for i in rest["inputs"]] == expected_inputs
+    assert [(o["name"], o["datatype"], o["shape"]) for o in rest["outputs"]] == expected_outputs
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        metadata = v2_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+            v2.ModelMetadataRequest(name=MODEL), timeout=10
+        )
+    assert [(i.name, i.datatype, list(i.shape)) for i in metadata.inputs] == expected_inputs
+    assert [(o.name, o.datatype, list(o.shape)) for o in metadata.outputs] == expected_outputs
+
+    async def listed() -> set[str]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            return await reflection_v1(channel, "inference.GRPCInferenceService")
+
+    assert "inference.GRPCInferenceService" in asyncio.run(listed())
+
+
 @pytest.mark.slow
 def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
     ml_small_trained: Path, tmp_path: Path, free_port: Callable[[], int]
@@ -233,6 +265,7 @@ def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
         )
         assert mismatched.status_code == 400 and "does not match shape [5]" in mismatched.text
         _check_hardening(process.pid, grpc_port, http_port)
+        _check_metadata_and_reflection(grpc_port, http_port)
 
         # Hot reload: publish a new version while requests keep flowing; none fails, the version changes.
         new = train_command(workdir, "rank_mlp", epochs=1, publish=True, windows=fast_windows())

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.deadlines import downstream_timeout
 from services.common.jsonlog import JsonFormatter
+from services.common.reflection import V1_SERVICE_NAME
 from services.common.server import start_service
 
 PROBE_SERVICE = "starling.test.Probe"
@@ -41,6 +42,33 @@ async def _register_probe(server: grpc.aio.Server) -> list[str]:
     return [PROBE_SERVICE]
 
 
+async def reflection_v1(channel: grpc.aio.Channel, symbol: str) -> set[str]:
+    """What a client that speaks only grpc.reflection.v1 sees: the services listed, and that ``symbol``'s
+    file is described (its messages built from the v1 descriptor, as a generic client would)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    pool = descriptor_pool.Default()
+    request_type = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionRequest")
+    )
+    response_type = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionResponse")
+    )
+    call = channel.stream_stream(
+        f"/{V1_SERVICE_NAME}/ServerReflectionInfo",
+        request_serializer=request_type.SerializeToString,
+        response_deserializer=response_type.FromString,
+    )
+    requests = [request_type(list_services=""), request_type(file_containing_symbol=symbol)]
+    replies = [reply async for reply in call(iter(requests), timeout=10)]
+    names = {service.name for service in replies[0].list_services_response.service}
+    described = descriptor_pb2.FileDescriptorProto.FromString(
+        replies[1].file_descriptor_response.file_descriptor_proto[0]
+    )
+    assert any(f"{described.package}.{s.name}" == symbol for s in described.service), described.name
+    return names
+
+
 def _metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         return resp.read().decode()
@@ -65,6 +93,7 @@ def test_server_health_reflection_metrics_errors_and_drain() -> None:
                 names = {s.name for s in response.list_services_response.service}
                 assert {PROBE_SERVICE, "grpc.health.v1.Health"} <= names
                 break
+            assert await reflection_v1(channel, "grpc.health.v1.Health") >= {PROBE_SERVICE, V1_SERVICE_NAME}
 
             call_timeout = channel.unary_unary(f"/{PROBE_SERVICE}/Timeout")
             assert float(await call_timeout(b"")) == pytest.approx(10.0)

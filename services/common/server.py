@@ -1,6 +1,6 @@
-"""One bootstrap for every gRPC service: grpc.aio server, standard health and reflection, interceptors
-(Prometheus metrics, load shedding, API-key authentication, malformed requests as INVALID_ARGUMENT) and the /metrics port,
-JSON logs, and a graceful drain on SIGTERM.
+"""One bootstrap for every gRPC service: grpc.aio server, standard health, reflection (v1 and v1alpha),
+interceptors (Prometheus metrics, load shedding, admin-only methods, API-key authentication, malformed
+requests as INVALID_ARGUMENT), the /metrics port, JSON logs, and a graceful drain on SIGTERM.
 
 A service module only provides a ``register`` function that adds its servicers and returns their full
 service names; :func:`run_service` does the rest.
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 import starling
 from services.common.auth import AdminOnlyInterceptor, AuthInterceptor
@@ -24,6 +23,7 @@ from services.common.decoding import MalformedRequestInterceptor
 from services.common.jsonlog import configure_logging
 from services.common.limits import InFlightLimitInterceptor
 from services.common.observability import BUILD_INFO, MetricsInterceptor, start_metrics_server
+from services.common.reflection import enable_reflection
 from starling.auth import keys_file
 from starling.config import get_settings
 
@@ -81,9 +81,7 @@ async def start_service(
     service_names = list(await register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    enable_reflection(server, [*service_names, health.SERVICE_NAME])
     bound_port = server.add_insecure_port(f"{settings.host}:{port}")
     if bound_port == 0:
         raise OSError(f"{name}: could not bind {settings.host}:{port}")

@@ -166,6 +166,20 @@ class RankerModel(Model):
         self._stop.set()
 
     # ------------------------------------------------------------------------------------------ serving
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """ModelMetadata inputs (REST GET /v2/models/<name>, gRPC ModelMetadata); -1 = any size."""
+        return [
+            {"name": "user_id", "datatype": "INT64", "shape": [1]},
+            {"name": "movie_ids", "datatype": "INT64", "shape": [-1]},
+            {"name": "candidate_features", "datatype": "FP32", "shape": [-1, len(CANDIDATE_FEATURES)]},
+        ]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return [
+            {"name": "scores", "datatype": "FP32", "shape": [-1]},
+            {"name": "user_features_found", "datatype": "BOOL", "shape": [1]},
+        ]
+
     async def preprocess(self, payload: InferRequest | dict, headers: dict[str, str] | None = None) -> Any:
         if not isinstance(payload, InferRequest):
             raise InvalidInput(

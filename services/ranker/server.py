@@ -5,6 +5,7 @@ Two departures from KServe's defaults, both for safety:
 - both ports bind ``STARLING_HOST`` (127.0.0.1 locally; 0.0.0.0 only in the container), where KServe binds
   every interface;
 - a payload that is not a valid message is answered INVALID_ARGUMENT (services/common/decoding.py);
+- server reflection v1 and v1alpha (KServe has none), and model metadata listing the inputs and outputs;
 - the model repository extension (``POST /v2/repository/models/<name>/load|unload`` and the gRPC
   ``RepositoryModelLoad/Unload``) is refused: the ranker serves what ``starling train`` published and reloads
   by itself, so nobody can unload it over the network.
@@ -31,9 +32,12 @@ import starling
 from services.common.decoding import MalformedRequestInterceptor
 from services.common.jsonlog import configure_logging
 from services.common.observability import BUILD_INFO
+from services.common.reflection import enable_reflection
 from services.common.server import MAX_MESSAGE_BYTES
 from services.ranker.model import RankerModel, torch_threads
 from starling.config import get_settings
+
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
 
 
 class RepositoryControlDisabled(NotImplementedError):
@@ -81,6 +85,7 @@ class BoundGRPCServer(GRPCServer):
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self._data_plane, self._model_repository_extension), self._server
         )
+        enable_reflection(self._server, [INFERENCE_SERVICE])
         address = f"{self._host}:{self._port}"
         if self._server.add_insecure_port(address) == 0:
             raise OSError(f"ranker: could not bind {address}")
