@@ -298,22 +298,32 @@ def up(workdir: Path, timeout_s: float) -> None:
 
 
 @cli.command("down")
-@click.argument("workdir", type=click.Path(path_type=Path), default=Path("work"))
-def down(workdir: Path) -> None:
-    """Stop the services started by `starling up WORKDIR`."""
+@click.argument("workdir", type=click.Path(path_type=Path), required=False)
+def down(workdir: Path | None) -> None:
+    """Stop the services started by `starling up WORKDIR` (no WORKDIR: every stack this user started)."""
     from starling.local import down as stop
+    from starling.local import running_stacks
 
-    stopped = stop(workdir)
-    click.echo(f"stopped {', '.join(stopped)}" if stopped else "no services were running")
+    workdirs = [workdir] if workdir is not None else running_stacks()
+    if not workdirs:
+        click.echo("no services were running")
+    for each in workdirs:
+        stopped = stop(each)
+        click.echo(
+            f"{each}: stopped {', '.join(stopped)}" if stopped else f"{each}: no services were running"
+        )
 
 
 @cli.command("status")
-@click.argument("workdir", type=click.Path(path_type=Path), default=Path("work"))
+@click.argument("workdir", type=click.Path(path_type=Path), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(workdir: Path, as_json: bool) -> None:
-    """The services of `starling up WORKDIR`: pid, running, healthy, restarts by the supervisor, last exit."""
+def status(workdir: Path | None, as_json: bool) -> None:
+    """The services of `starling up WORKDIR` (no WORKDIR: this user's running stack): pid, running,
+    healthy, restarts by the supervisor, last exit."""
+    from starling.local import running_stacks
     from starling.local import status as service_status
 
+    workdir = workdir or next(iter(running_stacks()), Path("work"))
     rows = service_status(workdir)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -342,14 +352,23 @@ def _target(target: str | None) -> str:
 @click.option("--genre", "genres", multiple=True, help="Only these genres (repeatable).")
 @click.option("--exclude", "exclude", type=int, multiple=True, help="Never these movie ids (repeatable).")
 @click.option("--target", default=None, help="RecommendService address (default 127.0.0.1:50051).")
+@click.option("--json", "as_json", is_flag=True, help="Print the RecommendResponse as JSON.")
 def recommend(
-    user_id: int, k: int, genres: tuple[str, ...], exclude: tuple[int, ...], target: str | None
+    user_id: int,
+    k: int,
+    genres: tuple[str, ...],
+    exclude: tuple[int, ...],
+    target: str | None,
+    as_json: bool,
 ) -> None:
     """Ask the recommend service for USER_ID's top K: titles, scores and recall channels."""
-    from starling.client import format_items
+    from starling.client import as_json_text, format_items
     from starling.client import recommend as call
 
     response = call(_target(target), user_id, k, list(genres), list(exclude))
+    if as_json:
+        click.echo(as_json_text(response))
+        return
     click.echo(f"user {user_id}  model {response.model_version or '-'}  request {response.request_id}")
     click.echo(format_items(response.items))
     for degradation in response.degraded:
@@ -360,12 +379,14 @@ def recommend(
 @click.argument("movie_id", type=int)
 @click.option("--k", type=int, default=10, show_default=True)
 @click.option("--target", default=None, help="RecommendService address (default 127.0.0.1:50051).")
-def similar(movie_id: int, k: int, target: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the SimilarItemsResponse as JSON.")
+def similar(movie_id: int, k: int, target: str | None, as_json: bool) -> None:
     """Movies similar to MOVIE_ID."""
-    from starling.client import format_items
+    from starling.client import as_json_text, format_items
     from starling.client import similar as call
 
-    click.echo(format_items(call(_target(target), movie_id, k).items))
+    response = call(_target(target), movie_id, k)
+    click.echo(as_json_text(response) if as_json else format_items(response.items))
 
 
 @bench.command("serve")

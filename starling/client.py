@@ -14,7 +14,15 @@ def _call(target: str, method: str, request, timeout: float):
         try:
             return getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and _nothing_listens(exc.details() or ""):
+                raise StarlingError(
+                    f"nothing listens on {target} — run `starling up WORKDIR` (or pass --target)"
+                ) from exc
             raise StarlingError(f"{method} at {target}: {exc.code().name}: {exc.details()}") from exc
+
+
+def _nothing_listens(details: str) -> bool:
+    return any(sign in details for sign in ("Connection refused", "failed to connect", "Failed to connect"))
 
 
 def recommend(
@@ -41,3 +49,10 @@ def format_items(items) -> str:
         year = item.release_year or ""
         lines.append(f"{rank:>3}  {item.score:6.3f}  {item.channel:<10}  {year:>4}  {item.title}")
     return "\n".join(lines)
+
+
+def as_json_text(message) -> str:
+    """The response as JSON with the proto field names (what `--json` prints)."""
+    from google.protobuf.json_format import MessageToJson
+
+    return MessageToJson(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)

@@ -41,6 +41,29 @@ def run_dir(workdir: Path) -> Path:
     return workdir / "run"
 
 
+def stacks_file() -> Path:
+    """Where this user's running stacks are recorded, so `starling down` / `status` need no WORKDIR."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or str(Path.home() / ".cache")
+    return Path(base) / "starling" / "stacks.json"
+
+
+def running_stacks() -> list[Path]:
+    """Workdirs whose `starling up` is still running (stale entries dropped)."""
+    path = stacks_file()
+    try:
+        recorded = [Path(w) for w in json.loads(path.read_text())]
+    except (OSError, ValueError):
+        return []
+    return [w for w in recorded if any(_alive(p.pid) for p in read_state(w))]
+
+
+def _record_stack(workdir: Path, running: bool) -> None:
+    stacks = [w for w in running_stacks() if w != workdir] + ([workdir] if running else [])
+    path = stacks_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([str(w) for w in stacks]))
+
+
 def port_of(settings: Settings, name: str) -> int:
     return settings.ranker_grpc_port if name == "ranker" else getattr(settings, f"{name}_port")
 
@@ -195,6 +218,7 @@ def up(workdir: Path, timeout_s: float = 180.0, settings: Settings | None = None
                 f"recommend does not reach every stage after {timeout_s:.0f} s; logs in {logs}"
             )
         time.sleep(0.1)
+    _record_stack(workdir, running=True)
     return started
 
 
@@ -226,6 +250,7 @@ def down(workdir: Path, grace_s: float = 10.0) -> list[str]:
     state = run_dir(workdir) / "services.json"
     if state.exists():
         state.unlink()
+    _record_stack(workdir, running=False)
     return names or [p.name for p in processes]
 
 

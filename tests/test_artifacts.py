@@ -206,3 +206,4 @@ def test_no_publish_writes_a_version_without_touching_current(
     assert current_version(workdir / "models") == version
     assert (workdir / "models" / report.version / "manifest.json").is_file()
     assert "not published (--no-publish)" in report.summary()
+    assert f"learning curves: {report.path / 'learning_curves' / 'rank_mlp.png'}" in report.summary()

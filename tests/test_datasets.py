@@ -136,6 +136,9 @@ def test_no_network_says_where_it_looked_and_why(tmp_path: Path) -> None:
 def test_unknown_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StarlingError, match="'movies' is not a directory, a MovieLens dataset name"):
         resolve_dataset("movies", settings_for(tmp_path))
+    settings = settings_for(tmp_path, f"http://127.0.0.1:{free_port()}/movielens")
+    with pytest.raises(StarlingError, match="known datasets: ml-latest-small, ml-latest, ml-100k"):
+        resolve_dataset("ml-nope", settings)  # shaped like a MovieLens name, but nobody has it
 
 
 def test_ingest_by_name_uses_the_settings(

@@ -91,6 +91,26 @@ def test_recommend_round_trip(stack) -> None:
     assert not [d for d in cold.degraded if d.stage != "features"]
 
 
+def test_cli_prints_json_for_recommend_and_similar(stack) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from starling.cli import cli
+
+    settings, _ = stack
+    target = f"127.0.0.1:{settings.recommend_port}"
+    result = CliRunner().invoke(cli, ["recommend", "1", "--k", "3", "--json", "--target", target])
+    assert result.exit_code == 0, result.output
+    reply = json.loads(result.output)
+    assert len(reply["items"]) == 3 and reply["model_version"] and reply["degraded"] == []
+    assert {"movie_id", "title", "score", "channel", "genres", "release_year"} <= set(reply["items"][0])
+    similar = json.loads(
+        CliRunner().invoke(cli, ["similar", "1", "--k", "2", "--json", "--target", target]).output
+    )
+    assert len(similar["items"]) == 2
+
+
 def test_the_offline_replay_answers_what_the_stack_serves(stack) -> None:
     """One pipeline, two callers: `starling evaluate` replays the services' own logic (training/replay.py) on
     the state they serve; for sampled users and contexts its lists equal the live Recommend answers."""

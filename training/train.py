@@ -338,6 +338,9 @@ class TrainReport:
                 f"{self.refit['model']} refit for serving: {self.refit['epochs']} epochs on "
                 f"{self.refit['train_groups']:,} groups of the windows before {self.refit['windows_end'][:10]}"
             )
+        curves = sorted((self.path / "learning_curves").glob("*.png"))
+        if curves:
+            lines.append(f"learning curves: {', '.join(str(c) for c in curves)}")
         state = "published as current" if self.published else "not published (--no-publish)"
         lines.append(f"serving model: {self.serving_model}; {state}; {self.seconds:.1f} s")
         return "\n".join(lines)

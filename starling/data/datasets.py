@@ -87,8 +87,10 @@ def resolve_dataset(name: str, settings: Settings | None = None) -> Path:
         return download_dataset(name, url, Path(settings.datasets_dir), expected_md5=info.md5)
     except DownloadError as exc:
         looked = ", ".join(str(path) for path in candidates)
+        hint = "" if name in KNOWN_DATASETS else f"; known datasets: {', '.join(KNOWN_DATASETS)}"
         raise StarlingError(
-            f"dataset {name!r} could not be found locally (looked in {looked}) nor downloaded from {url}: {exc}"
+            f"dataset {name!r} could not be found locally (looked in {looked}) nor downloaded from {url}: "
+            f"{exc}{hint}"
         ) from exc
 
 
