@@ -189,6 +189,10 @@ def evaluate(workdir: Path, as_json: bool) -> None:
 
     metrics = run(workdir)
     click.echo(json.dumps(metrics, indent=2) if as_json else format_table(metrics))
+    if not as_json:
+        click.echo(
+            f"written: {workdir / 'reports' / 'metrics.json'}, {workdir / 'reports' / 'evaluation.png'}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------- events

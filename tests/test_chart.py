@@ -161,7 +161,13 @@ def test_every_rendered_object_validates(rendered: dict[str, list[Manifest]], va
     if values != "dev":  # dev turns the CronJob and the NetworkPolicies off
         assert {"CronJob", "NetworkPolicy", "PodDisruptionBudget"} <= kinds
     if values == "production":
-        assert {"HorizontalPodAutoscaler", "ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
+        assert {
+            "HorizontalPodAutoscaler",
+            "ServiceMonitor",
+            "PodMonitor",
+            "PrometheusRule",
+            "Ingress",
+        } <= kinds
 
 
 def test_validation_catches_unknown_fields_and_bad_types(rendered: dict[str, list[Manifest]]) -> None:
@@ -239,6 +245,29 @@ BAD_VALUES = [
         "missing property 'to'",
     ),
     ({"networkPolicy": {"redis": {"to": [{"podSelectr": {}}]}}}, "/networkPolicy/redis/to/0", "podSelectr"),
+    ({"networkPolicy": {"webFrom": [{"podSelectr": {}}]}}, "/networkPolicy/webFrom/0", "podSelectr"),
+    ({"web": {"enabled": "yes"}}, "/web/enabled", "want boolean"),
+    ({"web": {"port": 0}}, "/web/port", "minimum"),
+    ({"web": {"openSignIn": "false"}}, "/web/openSignIn", "want boolean"),
+    (
+        {"web": {"resources": {"limits": {"memory": None}}}},
+        "/web/resources/limits",
+        "missing property 'memory'",
+    ),
+    ({"web": {"ingress": {"hosts": ["https://movies.example.com"]}}}, "/web/ingress/hosts/0", "pattern"),
+    ({"web": {"ingress": {"tls": {"secret": "tls"}}}}, "/web/ingress/tls", "additional properties 'secret'"),
+    (
+        {"web": {"ingress": {"paths": [{"path": "api", "pathType": "Prefix"}]}}},
+        "/web/ingress/paths/0/path",
+        "pattern",
+    ),
+    ({"web": {"allowedOrigins": ["example.com"]}}, "/web/allowedOrigins/0", "pattern"),
+    (
+        {"web": {"sessionSecret": {"existingSecret": "s", "key": None}}},
+        "/web/sessionSecret",
+        "missing property 'key'",
+    ),
+    ({"web": {"replica": 2}}, "additional properties 'replica' not allowed", ""),
 ]
 
 
@@ -267,7 +296,8 @@ def test_template_refuses_milvus_lite_with_several_recall_replicas(helm: str) ->
 @pytest.mark.parametrize("values", ["default", "production"])
 def test_pods_are_locked_down(rendered: dict[str, list[Manifest]], values: str) -> None:
     specs = dict(pod_specs(rendered[values]))
-    assert len(specs) >= 7, sorted(specs)  # 4 services, ranker, Job, CronJob
+    assert len(specs) >= 8, sorted(specs)  # 4 services, web gateway, ranker, Job, CronJob
+    assert "starling-web" in specs
     for name, spec in specs.items():
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0, name
@@ -319,9 +349,10 @@ def test_services_have_grpc_probes_ports_and_budgets(rendered: dict[str, list[Ma
     assert "STARLING_REDIS_CONNECTION_STRING" not in config, "the production password comes from a Secret"
 
 
-def test_network_policies_expose_only_recommend(rendered: dict[str, list[Manifest]]) -> None:
+def test_network_policies_expose_only_recommend_and_web(rendered: dict[str, list[Manifest]]) -> None:
     policies = {p["metadata"]["name"]: p["spec"] for p in find(rendered["default"], "NetworkPolicy")}
-    assert set(policies) == {f"starling-{name}" for name in (*SERVICES, "ranker", "training", "default-deny")}
+    names = (*SERVICES, "web", "ranker", "training", "default-deny")
+    assert set(policies) == {f"starling-{name}" for name in names}
     recommend_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "starling",
                                                       "app.kubernetes.io/instance": "starling",
                                                       "app.kubernetes.io/component": "recommend"}}}  # fmt: skip
@@ -331,12 +362,14 @@ def test_network_policies_expose_only_recommend(rendered: dict[str, list[Manifes
             assert "ingress" not in spec, f"{name} takes no traffic"
             continue
         serving_rule = spec["ingress"][0]
-        if name == "starling-recommend":
-            assert "from" not in serving_rule, "recommend takes calls from anywhere by default"
+        if name in ("starling-recommend", "starling-web"):
+            assert "from" not in serving_rule, f"{name} takes calls from anywhere by default"
         else:
             assert serving_rule["from"] == [recommend_pods], name
     production = {p["metadata"]["name"]: p["spec"] for p in find(rendered["production"], "NetworkPolicy")}
-    assert len(production["starling-recommend"]["ingress"][0]["from"]) == 2
+    assert len(production["starling-recommend"]["ingress"][0]["from"]) == 3, "recommendFrom + the web gateway"
+    ingress_nginx = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    assert production["starling-web"]["ingress"][0]["from"] == [ingress_nginx]
 
 
 def pod_labels(manifests: list[Manifest]) -> dict[str, dict[str, str]]:
@@ -440,7 +473,13 @@ def test_helm_template_renders_default_deny(rendered: dict[str, list[Manifest]],
     assert spec["policyTypes"] == ["Ingress", "Egress"]
     assert "ingress" not in spec and "egress" not in spec, "default deny has no rules"
     labels = pod_labels(manifests)
-    assert {"starling-recommend", "starling-ranker", "starling-train-r1", "starling-retrain"} <= set(labels)
+    assert {
+        "starling-recommend",
+        "starling-web",
+        "starling-ranker",
+        "starling-train-r1",
+        "starling-retrain",
+    } <= set(labels)
     for name, pod in labels.items():
         assert selects(spec["podSelector"], pod), f"{name} escapes the default deny"
     assert not selects(spec["podSelector"], {"app.kubernetes.io/name": "redis"})
@@ -476,9 +515,11 @@ def test_every_pod_may_resolve_names_and_nothing_else_by_default(
 
 @pytest.mark.parametrize("values", ["default", "production"])
 def test_only_recommend_calls_the_stages(rendered: dict[str, list[Manifest]], values: str) -> None:
-    """Within the release, the policies allow exactly the calls recommend makes, and nothing else."""
+    """Within the release, the policies allow exactly the calls recommend and the web gateway make, and nothing
+    else (production restricts recommendFrom: the web gateway must still get through)."""
     manifests = rendered[values]
     assert release_edges(manifests) == {
+        ("web", "recommend"),
         ("recommend", "candidates"),
         ("recommend", "recall"),
         ("recommend", "rerank"),
@@ -617,7 +658,7 @@ def test_every_container_has_cpu_and_memory_requests_and_limits(
                 assert 0 < request <= limit, (*where, resource)
             containers += 1
     training_pods = 1 if values == "dev" else 2  # dev has no CronJob
-    assert containers == 5 + 5 * training_pods, "4 services, the ranker, (4 init + 1) per training pod"
+    assert containers == 6 + 5 * training_pods, "4 services, web, the ranker, (4 init + 1) per training pod"
 
 
 def test_ranker_profiles_and_model_sources(helm: str, rendered: dict[str, list[Manifest]]) -> None:
@@ -695,6 +736,8 @@ def test_notes_tell_how_to_call_the_service(helm: str) -> None:
     notes = done.stdout.split("NOTES:", 1)[1]
     assert "kubectl -n starling port-forward svc/starling-recommend 50051:50051" in notes
     assert "starling.v1.RecommendService/Recommend" in notes and "grpcurl -plaintext" in notes
+    assert "kubectl -n starling port-forward svc/starling-web 8088:8088" in notes
+    assert "http://localhost:8088/" in notes and "web.openSignIn" in notes
 
 
 def parse_starling_cli(args: list[str]) -> click.Command:
@@ -726,6 +769,7 @@ def test_container_commands_exist(rendered: dict[str, list[Manifest]], values: s
             else:
                 seen.add(command[2])
     assert seen >= {"ingest", "build", "materialize", "train", "evaluate", "services.ranker.server"}
+    assert "services.web.server" in seen
     assert {f"services.{name}.server" for name in SERVICES} <= seen
 
 
@@ -759,7 +803,7 @@ def test_recommend_reads_the_api_keys_from_a_secret(helm: str, rendered: dict[st
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "api-keys")
     assert mount["readOnly"] and mount["mountPath"] == "/etc/starling/auth"
     for name, spec in pod_specs(rendered["default"]):
-        if name != "starling-recommend":
+        if name not in ("starling-recommend", "starling-web"):  # web checks Bearer keys of its own callers
             assert all(v["name"] != "api-keys" for v in spec.get("volumes", [])), f"{name} holds no keys"
 
     own = render(helm, None, "auth.existingSecret=my-keys", "auth.requireForReads=true")
@@ -787,3 +831,237 @@ def test_catalog_writes_have_their_own_unexposed_port(helm: str, rendered: dict[
     allowed = render(helm, None, "networkPolicy.adminFrom[0].podSelector.matchLabels.role=catalog-editor")
     (rule,) = admin_rules(allowed)
     assert rule["from"] == [{"podSelector": {"matchLabels": {"role": "catalog-editor"}}}]
+
+
+# ------------------------------------------------------------------------------------------ the web gateway
+def web_container(manifests: list[Manifest]) -> dict[str, Any]:
+    (deployment,) = find(manifests, "Deployment", "starling-web")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    """Name -> value, or the valueFrom of a variable taken from elsewhere."""
+    return {e["name"]: e["value"] if "value" in e else e["valueFrom"] for e in container.get("env", [])}
+
+
+def test_web_gateway_is_deployed_like_the_services(rendered: dict[str, list[Manifest]]) -> None:
+    manifests = rendered["default"]
+    (deployment,) = find(manifests, "Deployment", "starling-web")
+    (recommend,) = find(manifests, "Deployment", "starling-recommend")
+    pod, recommend_pod = deployment["spec"]["template"]["spec"], recommend["spec"]["template"]["spec"]
+    for key in ("securityContext", "serviceAccountName", "automountServiceAccountToken"):
+        assert pod[key] == recommend_pod[key], key
+    container = web_container(manifests)
+    assert container["securityContext"] == recommend_pod["containers"][0]["securityContext"]
+    assert container["image"] == recommend_pod["containers"][0]["image"], "the services image"
+    assert container["command"] == ["python", "-m", "services.web.server"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8088, "protocol": "TCP"}]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    assert container["envFrom"] == [{"configMapRef": {"name": "starling-config"}}], "STARLING_HOST=0.0.0.0"
+    assert find(manifests, "ConfigMap", "starling-config")[0]["data"]["STARLING_HOST"] == "0.0.0.0"
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"]), "no artifact volume"
+    assert deployment["spec"]["replicas"] == 1
+    (service,) = find(manifests, "Service", "starling-web")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8088, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}
+    ]
+    assert selects({"matchLabels": service["spec"]["selector"]}, pod_labels(manifests)["starling-web"])
+    assert find(manifests, "PodDisruptionBudget", "starling-web")
+    assert not find(manifests, "HorizontalPodAutoscaler", "starling-web")
+    production = rendered["production"]
+    (deployment,) = find(production, "Deployment", "starling-web")
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    (hpa,) = find(production, "HorizontalPodAutoscaler", "starling-web")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "starling-web"
+
+
+def test_web_gateway_settings_and_secrets(helm: str, rendered: dict[str, list[Manifest]]) -> None:
+    env = env_of(web_container(rendered["default"]))
+    assert env["STARLING_WEB_PORT"] == "8088"
+    assert env["STARLING_WEB_RECOMMEND_TARGET"] == "starling-recommend.starling.svc:50051"
+    assert env["STARLING_WEB_OPEN_SIGN_IN"] == "true"
+    assert env["STARLING_WEB_ALLOWED_ORIGINS"] == ""
+    assert env["STARLING_API_TOKEN"] == {"secretKeyRef": {"name": "starling-api-keys", "key": "api-token"}}
+    assert env["STARLING_API_KEYS_FILE"] == "/etc/starling/auth/api_keys.json"
+    session = {"secretKeyRef": {"name": "starling-web-session", "key": "session-secret"}}
+    assert env["STARLING_WEB_SESSION_SECRET"] == session, "replicas share one session key"
+    (secret,) = find(rendered["default"], "Secret", "starling-web-session")
+    assert len(secret["stringData"]["session-secret"]) == 64
+    assert env_of(web_container(rendered["production"]))["STARLING_WEB_OPEN_SIGN_IN"] == "false"
+
+    own = render(
+        helm,
+        None,
+        "auth.existingSecret=my-keys",
+        "web.sessionSecret.existingSecret=my-session",
+        "web.sessionSecret.key=hmac",
+        "web.openSignIn=false",
+        "web.allowedOrigins[0]=https://shop.example.com/",
+    )
+    assert not find(own, "Secret", "starling-web-session") and not find(own, "Secret", "starling-api-keys")
+    env = env_of(web_container(own))
+    assert env["STARLING_WEB_SESSION_SECRET"] == {"secretKeyRef": {"name": "my-session", "key": "hmac"}}
+    assert "STARLING_API_TOKEN" not in env, "with auth.existingSecret the token must be named explicitly"
+    assert env["STARLING_WEB_OPEN_SIGN_IN"] == "false"
+    assert env["STARLING_WEB_ALLOWED_ORIGINS"] == "https://shop.example.com"
+    (deployment,) = find(own, "Deployment", "starling-web")
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "api-keys")
+    assert volume["secret"]["secretName"] == "my-keys"
+
+    token = render(helm, None, "auth.existingSecret=my-keys", "web.apiTokenSecret.name=web-token")
+    assert env_of(web_container(token))["STARLING_API_TOKEN"] == {
+        "secretKeyRef": {"name": "web-token", "key": "api-token"}
+    }
+    done = run_helm(
+        helm,
+        "install",
+        "starling",
+        str(CHART),
+        "-n",
+        NAMESPACE,
+        "--dry-run=client",
+        "--set",
+        "auth.existingSecret=k",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "web.apiTokenSecret" in done.stdout.split("NOTES:", 1)[1], "NOTES warn that web cannot write"
+
+
+def test_web_gateway_network_policy(helm: str, rendered: dict[str, list[Manifest]]) -> None:
+    manifests = rendered["default"]
+    (policy,) = find(manifests, "NetworkPolicy", "starling-web")
+    spec = policy["spec"]
+    assert selects(spec["podSelector"], pod_labels(manifests)["starling-web"])
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [{"ports": [{"port": 8088, "protocol": "TCP"}]}], "from anywhere by default"
+    kube_dns = find(manifests, "NetworkPolicy", "starling-recommend")[0]["spec"]["egress"][0]
+    recommend_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "starling",
+                                                      "app.kubernetes.io/instance": "starling",
+                                                      "app.kubernetes.io/component": "recommend"}}}  # fmt: skip
+    assert spec["egress"] == [
+        kube_dns,
+        {"to": [recommend_pods], "ports": [{"port": 50051, "protocol": "TCP"}]},
+    ]
+    labels = pod_labels(manifests)
+    assert allowed_ports(manifests, "Egress", labels["starling-web"], labels["starling-recommend"]) == [
+        {(50051, "TCP")}
+    ]
+
+    # Restricted callers of recommend and of the web gateway: the gateway still reaches recommend, metrics
+    # stay scrapable, anyone else is refused.
+    manifests = render(
+        helm,
+        None,
+        "networkPolicy.recommendFrom[0].podSelector.matchLabels.role=storefront",
+        "networkPolicy.webFrom[0].namespaceSelector.matchLabels.role=ingress",
+    )
+    labels = pod_labels(manifests)
+    assert ("web", "recommend") in release_edges(manifests)
+    into_recommend = allowed_ports(manifests, "Ingress", labels["starling-recommend"], labels["starling-web"])
+    assert {(50051, "TCP")} in into_recommend
+    (web,) = find(manifests, "NetworkPolicy", "starling-web")
+    assert web["spec"]["ingress"] == [
+        {
+            "ports": [{"port": 8088, "protocol": "TCP"}],
+            "from": [{"namespaceSelector": {"matchLabels": {"role": "ingress"}}}],
+        },
+        {
+            "ports": [{"port": 8088, "protocol": "TCP"}],
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        },
+    ]
+    assert not allowed_ports(manifests, "Ingress", labels["starling-web"], {"role": "other"})
+    errors = [error for manifest in manifests for error in validation_errors(manifest)]
+    assert not errors, "\n".join(errors)
+
+
+def test_web_gateway_ingress(helm: str, rendered: dict[str, list[Manifest]]) -> None:
+    assert not find(rendered["default"], "Ingress"), "no Ingress unless asked"
+    (ingress,) = find(rendered["production"], "Ingress", "starling-web")
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    assert spec["tls"] == [{"hosts": ["movies.example.com"], "secretName": "starling-web-tls"}]
+    assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
+    (rule,) = spec["rules"]
+    assert rule["host"] == "movies.example.com"
+    paths = {p["path"]: p["pathType"] for p in rule["http"]["paths"]}
+    assert paths["/"] == "Exact" and paths["/api"] == "Prefix" and paths["/static"] == "Prefix"
+    assert not any(p in ("/metrics", "/healthz") or (p == "/" and t == "Prefix") for p, t in paths.items())
+    (service,) = find(rendered["production"], "Service", "starling-web")
+    for path in rule["http"]["paths"]:
+        assert path["backend"]["service"]["name"] == "starling-web"
+        assert path["backend"]["service"]["port"] == {"name": "http"}
+        assert "http" in [p["name"] for p in service["spec"]["ports"]]
+    env = env_of(web_container(rendered["production"]))
+    assert env["STARLING_WEB_ALLOWED_ORIGINS"] == "https://movies.example.com"
+
+    plain = render(
+        helm,
+        None,
+        "web.ingress.enabled=true",
+        "web.ingress.hosts[0]=a.example.com",
+        "web.ingress.hosts[1]=b.test",
+    )
+    (ingress,) = find(plain, "Ingress")
+    assert "tls" not in ingress["spec"] and "ingressClassName" not in ingress["spec"]
+    assert [r["host"] for r in ingress["spec"]["rules"]] == ["a.example.com", "b.test"]
+    assert env_of(web_container(plain))["STARLING_WEB_ALLOWED_ORIGINS"] == (
+        "https://a.example.com,http://a.example.com,https://b.test,http://b.test"
+    )
+    done = run_helm(helm, "template", "starling", str(CHART), "--set", "web.ingress.enabled=true")
+    assert done.returncode != 0 and "at least one host in web.ingress.hosts" in done.stderr
+
+    done = run_helm(
+        helm,
+        "install",
+        "starling",
+        str(CHART),
+        "-n",
+        NAMESPACE,
+        "--dry-run=client",
+        "-f",
+        str(PRODUCTION_VALUES),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "https://movies.example.com/" in done.stdout.split("NOTES:", 1)[1]
+
+
+def test_web_gateway_is_scraped(rendered: dict[str, list[Manifest]]) -> None:
+    (monitor,) = find(rendered["production"], "ServiceMonitor")
+    (expression,) = monitor["spec"]["selector"]["matchExpressions"]
+    assert "web" in expression["values"]
+    assert {"port": "http", "path": "/metrics", "interval": "15s"} in monitor["spec"]["endpoints"]
+
+
+def test_web_gateway_can_be_turned_off(helm: str) -> None:
+    manifests = render(
+        helm,
+        PRODUCTION_VALUES,
+        "web.enabled=false",
+    )
+    web = [
+        m for m in manifests if m["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "web"
+    ]
+    assert not web, [f"{m['kind']}/{m['metadata']['name']}" for m in web]
+    assert not find(manifests, "Ingress") and not find(manifests, "Secret", "starling-web-session")
+    (recommend,) = find(manifests, "NetworkPolicy", "starling-recommend")
+    assert len(recommend["spec"]["ingress"][0]["from"]) == 2, "only recommendFrom"
+    (monitor,) = find(manifests, "ServiceMonitor")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    assert "web" not in monitor["spec"]["selector"]["matchExpressions"][0]["values"]
+    done = run_helm(
+        helm,
+        "install",
+        "starling",
+        str(CHART),
+        "-n",
+        NAMESPACE,
+        "--dry-run=client",
+        "--set",
+        "web.enabled=false",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "svc/starling-web" not in done.stdout.split("NOTES:", 1)[1]

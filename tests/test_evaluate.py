@@ -141,4 +141,6 @@ def test_evaluate_through_the_cli_on_synthetic_data(synthetic_features: Path, tm
     assert written["all"] == metrics["all"]
     table = runner.invoke(cli, ["evaluate", str(workdir)])
     assert table.exit_code == 0 and "warm users" in table.output and "goals" in table.output
+    picture = workdir / "reports" / "evaluation.png"
+    assert str(picture) in table.output and picture.read_bytes()[:4] == b"\x89PNG"
     assert np.isfinite(metrics["stages"]["warm"]["ranker_auc"])

@@ -45,6 +45,7 @@ from training.baselines import (
     tune,
     tune_recent_popularity,
 )
+from training.plots import plot_evaluation
 from training.ranking_metrics import grouped_auc, grouped_ndcg
 
 METRICS = ("ndcg@10", "recall@10", "recall@50", "hit_rate@10")
@@ -357,6 +358,7 @@ def evaluate(workdir: Path, leave_last_out_protocol: bool = True) -> dict[str, A
     tmp = reports / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2, default=float))
     os.replace(tmp, reports / "metrics.json")
+    plot_evaluation(metrics, reports / "evaluation.png")
     return metrics
 
 

@@ -2,17 +2,23 @@
 
 The interceptor also turns an unexpected exception into ``INTERNAL`` with a logged traceback, so that
 no request can take a service down.
+
+Counters that alerts and dashboard panels divide or rate (fallbacks per stage, feedback outcomes) are
+exported at 0 from start-up, so that a panel shows 0 rather than "No data" until the first event. The
+feature freshness gauge, set by the ranker only, is exported only by a process that sets it: an unset 0 from
+every other process would read as "features materialized in 1970".
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from services.common.errors import RequestError
 
@@ -63,14 +69,81 @@ STAGE_FALLBACKS = Counter(
     "Requests served with a fallback because a stage failed or timed out, by stage and reason.",
     ["stage", "reason"],
 )
+# The (stage, reason) pairs recommend reports for the usual failures (services/recommend/server.py): the gRPC
+# code of the failed stage call, "skipped" when the ranker had no input (recall fell back), and the reason of
+# the features fallback. Other reasons (a client-side exception's name) appear when they first happen.
+FALLBACK_REASONS: dict[str, tuple[str, ...]] = {
+    "candidates": ("UNAVAILABLE", "DEADLINE_EXCEEDED"),
+    "recall": ("UNAVAILABLE", "DEADLINE_EXCEEDED"),
+    "ranker": ("UNAVAILABLE", "DEADLINE_EXCEEDED", "skipped", "INVALID_REPLY"),
+    "rerank": ("UNAVAILABLE", "DEADLINE_EXCEEDED"),
+    "features": ("missing",),
+}
+FEEDBACK_EVENTS = Counter(
+    "starling_feedback_events_total",
+    "Feedback events RecordFeedback received, by outcome: accepted (recorded), duplicate (already known, "
+    "dropped) or rejected (invalid).",
+    ["outcome"],
+)
+FEEDBACK_OUTCOMES = ("accepted", "duplicate", "rejected")
 MODEL_INFO = Gauge("starling_model_info", "1 for the model version currently served.", ["version"])
-FEATURE_FRESHNESS = Gauge(
+
+
+class ExportedOnceSetGauge(Gauge):
+    """An unlabelled gauge that joins ``registry`` (and so /metrics) on its first ``set``/``inc``.
+
+    A plain unlabelled gauge is exported at 0 by every process that imports this module; for a timestamp that
+    reads as a value, not as "unknown"."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry = REGISTRY) -> None:
+        super().__init__(name, documentation, registry=None)
+        self._target_registry = registry
+        self._exported = False
+        self._export_lock = threading.Lock()
+
+    def _export(self) -> None:
+        with self._export_lock:
+            if not self._exported:
+                self._target_registry.register(self)
+                self._exported = True
+
+    def set(self, value: float) -> None:
+        super().set(value)
+        self._export()
+
+    def inc(self, amount: float = 1) -> None:
+        super().inc(amount)
+        self._export()
+
+
+FEATURE_FRESHNESS = ExportedOnceSetGauge(
     "starling_feature_materialized_timestamp_seconds",
-    "Unix time of the latest Feast materialization that the serving process has loaded.",
+    "Unix time of the latest Feast materialization that the serving process has loaded (the ranker).",
 )
+# "component", not "service": prometheus-operator gives every ServiceMonitor target a `service` label (the
+# Service's name), which would push ours aside into `exported_service`.
 BUILD_INFO = Gauge(
-    "starling_build_info", "Always 1; labels tell the service and version.", ["service", "version"]
+    "starling_build_info", "Always 1; labels tell the component and version.", ["component", "version"]
 )
+
+
+def init_counters() -> None:
+    """Create every known label set of the fallback and feedback counters at 0 (idempotent)."""
+    for stage, reasons in FALLBACK_REASONS.items():
+        for reason in reasons:
+            STAGE_FALLBACKS.labels(stage, reason)
+    for outcome in FEEDBACK_OUTCOMES:
+        FEEDBACK_EVENTS.labels(outcome)
+
+
+def count_feedback(accepted: int, duplicate: int, rejected: int) -> None:
+    """Count one RecordFeedback batch: new events recorded, duplicates dropped, invalid events rejected."""
+    for outcome, n in (("accepted", accepted), ("duplicate", duplicate), ("rejected", rejected)):
+        if n:
+            FEEDBACK_EVENTS.labels(outcome).inc(n)
+
+
+init_counters()
 
 
 def _split_method(full_method: str) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from services.common.errors import NANOS_MAX, TIMESTAMP_MAX_S, InvalidArgument
 from services.common.following import apply_rating_events
 from services.common.history import UserHistory
 from services.common.jsonlog import ThrottledLog
+from services.common.observability import count_feedback
 from starling import events
 from starling.features.build import compute_entity_features
 from starling.featurestore import USER_PUSH_SOURCE
@@ -219,6 +220,11 @@ class FeedbackRecorder:
                     rated["event_timestamp"].dt.epoch("us").to_numpy(),
                 )
                 self.push_or_defer(np.unique(rated["user_id"].to_numpy()))
+        count_feedback(
+            accepted=int((accepted & ~duplicate).sum()),
+            duplicate=int(duplicate.sum()),
+            rejected=int((~accepted).sum()),
+        )
         results = [
             recommend_pb2.FeedbackResult(accepted=bool(ok), duplicate=bool(dup), reason=str(reason))
             for ok, dup, reason in zip(accepted.tolist(), duplicate.tolist(), reasons.tolist(), strict=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable
@@ -131,8 +132,10 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     def _budget(self, context: grpc.aio.ServicerContext, stage: str) -> float:
         return downstream_timeout(context, getattr(self.settings, f"{stage}_timeout_ms") / 1000.0)
 
-    def _fallback(self, ranked: Ranked, stage: str, reason: str) -> None:
-        kind = reason.split(":")[0]
+    def _fallback(self, ranked: Ranked, stage: str, reason: str, kind: str | None = None) -> None:
+        """Serve without ``stage``; counted by a short kind (a status code name, from ``reason``'s head)."""
+        head = reason.split(":")[0]
+        kind = kind or (head if re.fullmatch(r"[A-Za-z_]{1,40}", head) else "other")
         STAGE_FALLBACKS.labels(stage, kind).inc()
         FALLBACK_LOG.warning(f"{stage}:{kind}", "stage fell back", stage=stage, reason=reason)
         ranked.degrade(stage, reason)
@@ -202,7 +205,12 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 )
                 ranked.scores = scores
                 if known_user and not features_found:
-                    self._fallback(ranked, "features", "user features missing online; ranked with defaults")
+                    self._fallback(
+                        ranked,
+                        "features",
+                        "user features missing online; ranked with defaults",
+                        kind="missing",
+                    )
             except StageFailed as exc:
                 self._fallback(ranked, "ranker", f"{exc}; served recall order")
 
@@ -269,7 +277,9 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         outputs = {output.name: output for output in response.outputs}
         scores = outputs["scores"].as_numpy().astype(np.float32).reshape(-1)
         if len(scores) != len(movie_ids):
-            raise StageFailed(f"ranker returned {len(scores)} scores for {len(movie_ids)} movies")
+            raise StageFailed(
+                f"INVALID_REPLY: ranker returned {len(scores)} scores for {len(movie_ids)} movies"
+            )
         found = (
             bool(outputs["user_features_found"].as_numpy().reshape(-1)[0])
             if "user_features_found" in outputs

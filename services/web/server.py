@@ -12,7 +12,9 @@ import signal
 
 from aiohttp import web
 
+import starling
 from services.common.jsonlog import configure_logging
+from services.common.observability import BUILD_INFO
 from services.web.app import create_app
 from services.web.security import WebSecurity
 from starling.auth import client_token, keys_file
@@ -26,6 +28,7 @@ def recommend_target(settings: Settings) -> str:
 async def serve_until_signalled() -> None:
     log = configure_logging("web")
     settings = get_settings()
+    BUILD_INFO.labels("web", starling.__version__).set(1)
     target = recommend_target(settings)
     security = WebSecurity.create(
         settings.web_session_secret,

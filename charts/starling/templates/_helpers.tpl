@@ -123,6 +123,39 @@ seccompProfile:
 {{- default (printf "%s-predictor.%s.svc:80" (include "starling.rankerName" .) .Release.Namespace) .Values.ranker.target -}}
 {{- end -}}
 
+{{/* Web gateway ------------------------------------------------------------------------------------------ */}}
+
+{{/* STARLING_WEB_ALLOWED_ORIGINS: web.allowedOrigins, then https://<host> for each Ingress host (and
+http://<host> when the Ingress has no TLS secret). */}}
+{{- define "starling.webAllowedOrigins" -}}
+{{- $origins := list -}}
+{{- range .Values.web.allowedOrigins -}}
+{{- $origins = append $origins (trimSuffix "/" .) -}}
+{{- end -}}
+{{- if .Values.web.ingress.enabled -}}
+{{- range .Values.web.ingress.hosts -}}
+{{- $origins = append $origins (printf "https://%s" .) -}}
+{{- if not $.Values.web.ingress.tls.secretName -}}
+{{- $origins = append $origins (printf "http://%s" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $origins | uniq | join "," -}}
+{{- end -}}
+
+{{/* The Secret and key of the API token the web gateway sends with its writes; empty name = none. */}}
+{{- define "starling.webTokenSecretName" -}}
+{{- if .Values.web.apiTokenSecret.name -}}
+{{- .Values.web.apiTokenSecret.name -}}
+{{- else if not .Values.auth.existingSecret -}}
+{{- printf "%s-api-keys" (include "starling.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "starling.webSessionSecretName" -}}
+{{- default (printf "%s-web-session" (include "starling.fullname" .)) .Values.web.sessionSecret.existingSecret -}}
+{{- end -}}
+
 {{/* Checks that values.schema.json cannot express ---------------------------------------------------------- */}}
 {{- define "starling.validate" -}}
 {{- if not .Values.milvus.uri -}}
@@ -132,6 +165,9 @@ seccompProfile:
 {{- end -}}
 {{- if and (eq .Values.ranker.model.source "storageUri") (not .Values.ranker.model.storageUri) -}}
 {{- fail "ranker.model.source is storageUri but ranker.model.storageUri is empty" -}}
+{{- end -}}
+{{- if and .Values.web.enabled .Values.web.ingress.enabled (not .Values.web.ingress.hosts) -}}
+{{- fail "web.ingress.enabled needs at least one host in web.ingress.hosts" -}}
 {{- end -}}
 {{- if not (hasKey .Values.ranker.profiles .Values.ranker.profile) -}}
 {{- fail (printf "ranker.profile %q is not a key of ranker.profiles" .Values.ranker.profile) -}}
