@@ -97,6 +97,8 @@ def run_demo(workdir: Path, dataset: str) -> None:
     if metrics.get("artifact", {}).get("version") != current.resolve().name:
         metrics = evaluate(workdir)
     click.echo(format_table(metrics))
+    written = [path for path in (metrics_path, workdir / "reports" / "evaluation.png") if path.is_file()]
+    click.echo(f"written: {', '.join(str(path) for path in written)}")
 
     _step("Start the services")
     if read_state(workdir):
