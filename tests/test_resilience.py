@@ -117,6 +117,11 @@ def methods(settings_: Settings) -> list[tuple[int, str, type[Message]]]:
         (settings_.recommend_port, "/starling.v1.CatalogService/GetMovie", catalog_pb2.GetMovieRequest),
         (
             settings_.recommend_port,
+            "/starling.v1.CatalogService/SearchMovies",
+            catalog_pb2.SearchMoviesRequest,
+        ),
+        (
+            settings_.recommend_port,
             "/starling.v1.CatalogService/ListUserRatings",
             catalog_pb2.ListUserRatingsRequest,
         ),

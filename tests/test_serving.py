@@ -478,6 +478,30 @@ def test_a_late_re_rating_with_an_older_time_does_not_win(stack) -> None:
     )
 
 
+def test_title_search_is_case_and_accent_insensitive_prefix_first_and_paged(stack) -> None:
+    settings, _ = stack
+    catalog = _catalog_stub(settings)
+    search = catalog_pb2.SearchMoviesRequest
+    leon = catalog.SearchMovies(search(query="LEON", limit=10), timeout=10)
+    assert any(m.title.startswith("Léon: The Professional") for m in leon.movies)
+    toy = catalog.SearchMovies(search(query="toy story", limit=2), timeout=10)
+    assert toy.total >= 3 and toy.movies[0].title.startswith("Toy Story")
+    assert all(m.title.lower().startswith("toy story") for m in toy.movies), "prefix matches first"
+    rest = catalog.SearchMovies(search(query="toy story", limit=2, offset=2), timeout=10)
+    assert not {m.movie_id for m in rest.movies} & {m.movie_id for m in toy.movies}
+    assert catalog.SearchMovies(search(query="zzzzqqq"), timeout=10).total == 0
+    for bad, message in [
+        (search(query=""), "query must be 1..100 characters"),
+        (search(query="x" * 101), "query must be 1..100 characters"),
+        (search(query="a\u202eb"), "U+202E"),
+        (search(query="a", limit=101), "limit must be 1..100"),
+        (search(query="a", offset=-1), "offset must be >= 0"),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            catalog.SearchMovies(bad, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+
+
 def test_catalog_lookups(stack) -> None:
     settings, _ = stack
     catalog = _catalog_stub(settings)

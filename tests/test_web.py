@@ -449,6 +449,26 @@ def test_movie_page_shows_details_and_similar_movies(stack, browser: DevTools) -
 
 
 @pytest.mark.slow
+def test_home_page_finds_a_movie_by_title_without_its_id(stack, browser: DevTools) -> None:
+    _, base = stack
+    assert browser.open(f"{base}/") == "ready"
+    browser.click("#search-query")
+    browser.send("Input.insertText", text="AMÉLIE")  # case and accents do not matter
+    browser.click("#search button")
+    wait_until(
+        lambda: browser.evaluate("document.querySelectorAll('#search-results li').length") > 0,
+        30,
+        "search results",
+    )
+    first = browser.evaluate("document.querySelector('#search-results li a').textContent")
+    assert first.startswith("Amelie (Fabuleux destin d'Amélie Poulain")
+    assert "1 of 1 movies match" in browser.evaluate("document.getElementById('search-status').textContent")
+    reply = httpx.get(f"{base}/api/movies", params={"q": "the", "limit": 5, "offset": 5}, timeout=30).json()
+    assert reply["total"] > 100 and len(reply["movies"]) == 5 and reply["offset"] == 5
+    bad = httpx.get(f"{base}/api/movies", params={"q": "x", "limit": 500}, timeout=30)
+    assert bad.status_code == 400 and "limit must be 1..100" in bad.json()["error"]
+
+
 def test_home_page_opens_the_user_page(stack, browser: DevTools) -> None:
     _, base = stack
     assert browser.open(f"{base}/") == "ready"

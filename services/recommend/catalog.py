@@ -21,6 +21,7 @@ import polars as pl
 from services.common.catalog import Catalog
 from services.common.errors import InvalidArgument, NotFound, check_id, check_k
 from services.common.history import UserHistory
+from services.recommend.search import MAX_QUERY, MAX_RESULTS, folded_titles, search_positions
 from starling import events
 from starling.features.spec import MOVIE_GENRE_FIELDS
 from starling.featurestore import MOVIE_VIEW
@@ -119,6 +120,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self.store = store
         self.on_catalog = on_catalog  # hands a new catalog to the other servicers of this process
         self.movie_events = events.EventFollower(workdir, events.MOVIE_STREAM) if workdir else None
+        self._search_index: tuple[Catalog, pl.Series] | None = None  # folded titles of self.catalog
 
     def apply_movies(self, movies: pl.DataFrame) -> None:
         """Catalog upserts (own, or from the event log written by other replicas)."""
@@ -148,6 +150,28 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 for p, r, t in zip(positions.tolist(), ratings.tolist(), timestamps.tolist(), strict=True)
                 if p >= 0
             ]
+        )
+
+    async def SearchMovies(self, request: catalog_pb2.SearchMoviesRequest, context: grpc.aio.ServicerContext):
+        query = request.query.strip()
+        if not 1 <= len(query) <= MAX_QUERY:
+            raise InvalidArgument(f"query must be 1..{MAX_QUERY} characters, got {len(query)}")
+        hidden = hidden_character(query)
+        if hidden is not None:
+            raise InvalidArgument(f"query holds a control or invisible character U+{ord(hidden[1]):04X}")
+        limit = request.limit or 20
+        if not 1 <= limit <= MAX_RESULTS:
+            raise InvalidArgument(f"limit must be 1..{MAX_RESULTS}, got {request.limit}")
+        if request.offset < 0:
+            raise InvalidArgument(f"offset must be >= 0, got {request.offset}")
+        catalog = self.catalog
+        if self._search_index is None or self._search_index[0] is not catalog:
+            self._search_index = (catalog, folded_titles(catalog.titles))
+        positions, total = search_positions(
+            self._search_index[1], catalog.rating_counts, query, request.offset, limit
+        )
+        return catalog_pb2.SearchMoviesResponse(
+            movies=[movie_message(catalog, p) for p in positions.tolist()], total=total
         )
 
     async def UpsertMovie(self, request: catalog_pb2.UpsertMovieRequest, context: grpc.aio.ServicerContext):

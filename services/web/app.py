@@ -7,6 +7,7 @@ of k and limit, known movies, the feedback rules) is the services' call.
 |---|---|
 | GET  /api/users/{user_id}/recommendations?k=&genre=&exclude= | RecommendService.Recommend |
 | GET  /api/users/{user_id}/ratings?limit= | CatalogService.ListUserRatings |
+| GET  /api/movies?q=&limit=&offset= | CatalogService.SearchMovies (title search, paged) |
 | GET  /api/movies/{movie_id} | CatalogService.GetMovie |
 | GET  /api/movies/{movie_id}/similar?k= | RecommendService.SimilarItems |
 | POST /api/session {user_id} | (signs the browser in as user_id: a signed SameSite cookie) |
@@ -240,6 +241,25 @@ async def movie(request: web.Request) -> web.Response:
     return web.json_response(movie_json(reply))
 
 
+async def search(request: web.Request) -> web.Response:
+    """Title search: ?q= (case- and accent-insensitive), &limit= (1..100, default 20), &offset=."""
+    backend = request.app[BACKEND]
+    query = request.query.get("q", "")
+    offset = query_int(request, "offset", 0)
+    reply = await backend.catalog.SearchMovies(
+        catalog_pb2.SearchMoviesRequest(query=query, limit=query_int(request, "limit", 20), offset=offset),
+        timeout=backend.timeout_s,
+    )
+    return web.json_response(
+        {
+            "query": query,
+            "total": reply.total,
+            "offset": offset,
+            "movies": [movie_json(m) for m in reply.movies],
+        }
+    )
+
+
 async def similar(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     movie_id = parse_id(request.match_info["movie_id"], "movie id")
@@ -385,6 +405,7 @@ def create_app(
     app.router.add_static("/static/", STATIC_DIR)
     app.router.add_get("/api/users/{user_id}/recommendations", recommendations)
     app.router.add_get("/api/users/{user_id}/ratings", user_ratings)
+    app.router.add_get("/api/movies", search)
     app.router.add_get("/api/movies/{movie_id}", movie)
     app.router.add_get("/api/movies/{movie_id}/similar", similar)
     app.router.add_post("/api/session", session)

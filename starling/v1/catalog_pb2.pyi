@@ -65,3 +65,21 @@ class ListUserRatingsResponse(_message.Message):
     RATINGS_FIELD_NUMBER: _ClassVar[int]
     ratings: _containers.RepeatedCompositeFieldContainer[UserRating]
     def __init__(self, ratings: _Optional[_Iterable[_Union[UserRating, _Mapping]]] = ...) -> None: ...
+
+class SearchMoviesRequest(_message.Message):
+    __slots__ = ("query", "limit", "offset")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    limit: int
+    offset: int
+    def __init__(self, query: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class SearchMoviesResponse(_message.Message):
+    __slots__ = ("movies", "total")
+    MOVIES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    movies: _containers.RepeatedCompositeFieldContainer[Movie]
+    total: int
+    def __init__(self, movies: _Optional[_Iterable[_Union[Movie, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...

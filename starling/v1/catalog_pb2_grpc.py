@@ -50,6 +50,11 @@ class CatalogServiceStub:
                 request_serializer=starling_dot_v1_dot_catalog__pb2.ListUserRatingsRequest.SerializeToString,
                 response_deserializer=starling_dot_v1_dot_catalog__pb2.ListUserRatingsResponse.FromString,
                 _registered_method=True)
+        self.SearchMovies = channel.unary_unary(
+                '/starling.v1.CatalogService/SearchMovies',
+                request_serializer=starling_dot_v1_dot_catalog__pb2.SearchMoviesRequest.SerializeToString,
+                response_deserializer=starling_dot_v1_dot_catalog__pb2.SearchMoviesResponse.FromString,
+                _registered_method=True)
 
 
 class CatalogServiceServicer:
@@ -76,6 +81,14 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchMovies(self, request, context):
+        """Movies whose title contains the query (case- and accent-insensitive): title prefixes first, then the
+        most rated; paged by offset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +106,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.ListUserRatings,
                     request_deserializer=starling_dot_v1_dot_catalog__pb2.ListUserRatingsRequest.FromString,
                     response_serializer=starling_dot_v1_dot_catalog__pb2.ListUserRatingsResponse.SerializeToString,
+            ),
+            'SearchMovies': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMovies,
+                    request_deserializer=starling_dot_v1_dot_catalog__pb2.SearchMoviesRequest.FromString,
+                    response_serializer=starling_dot_v1_dot_catalog__pb2.SearchMoviesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +195,33 @@ class CatalogService:
             '/starling.v1.CatalogService/ListUserRatings',
             starling_dot_v1_dot_catalog__pb2.ListUserRatingsRequest.SerializeToString,
             starling_dot_v1_dot_catalog__pb2.ListUserRatingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMovies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/starling.v1.CatalogService/SearchMovies',
+            starling_dot_v1_dot_catalog__pb2.SearchMoviesRequest.SerializeToString,
+            starling_dot_v1_dot_catalog__pb2.SearchMoviesResponse.FromString,
             options,
             channel_credentials,
             insecure,
