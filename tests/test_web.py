@@ -463,6 +463,9 @@ def test_home_page_finds_a_movie_by_title_without_its_id(stack, browser: DevTool
     first = browser.evaluate("document.querySelector('#search-results li a').textContent")
     assert first.startswith("Amelie (Fabuleux destin d'Amélie Poulain")
     assert "1 of 1 movies match" in browser.evaluate("document.getElementById('search-status').textContent")
+    png = browser.screenshot()
+    assert png.startswith(b"\x89PNG") and len(png) < 300_000
+    (REPO_ROOT / "docs" / "screenshot-search.png").write_bytes(png)
     reply = httpx.get(f"{base}/api/movies", params={"q": "the", "limit": 5, "offset": 5}, timeout=30).json()
     assert reply["total"] > 100 and len(reply["movies"]) == 5 and reply["offset"] == 5
     bad = httpx.get(f"{base}/api/movies", params={"q": "x", "limit": 500}, timeout=30)
