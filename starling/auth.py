@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 from collections import namedtuple
@@ -32,6 +33,8 @@ READ = "read"
 SCOPES = (FEEDBACK_WRITE, CATALOG_WRITE, READ)
 TOKEN_PREFIX = "stk_"
 LOCAL_KEY_NAME = "local"
+
+log = logging.getLogger("starling.auth")
 
 
 def new_token() -> str:
@@ -79,6 +82,38 @@ class KeyRing:
             if hmac.compare_digest(key.sha256, digest):
                 found = key
         return found
+
+
+class KeysFile:
+    """A keys file as a server reads it: re-read when its modification time or size changes; a broken edit
+    keeps the previous keys (the error is logged once per change)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[int, int] | None = None
+        self._ring = KeyRing([])
+
+    def ring(self) -> KeyRing:
+        try:
+            stat = self.path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            stamp = (0, 0)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self._ring = KeyRing.load(self.path)
+            except StarlingError:
+                log.exception(
+                    "cannot read the API keys file; keeping the previous keys", extra={"path": str(self.path)}
+                )
+        return self._ring
+
+
+def parse_bearer(authorization: str) -> str | None:
+    """The token of an ``authorization`` value ``Bearer <token>`` (scheme case-insensitive), else None."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def keys_file(settings: Settings) -> Path:

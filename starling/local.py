@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starling.auth import ensure_local_key
 from starling.config import REPO_ROOT, Settings, get_settings
 from starling.errors import StarlingError
+from starling.v1 import recommend_pb2
 
 # Start order: stages first, then the orchestrator, then the web gateway in front of it.
 SERVICES = ("candidates", "recall", "rerank", "ranker", "recommend", "web")
@@ -94,7 +95,7 @@ def service_environment(workdir: Path, settings: Settings) -> dict[str, str]:
     return env
 
 
-RECOMMEND_SERVICE = "starling.v1.RecommendService"
+RECOMMEND_SERVICE = recommend_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
 
 
 def is_healthy(name: str, port: int, timeout: float = 1.0, service: str = "") -> bool:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from starling.config import REPO_ROOT, get_settings
@@ -43,7 +43,6 @@ class Child:
     last_exit: int | None = None
     backoff_s: float = FIRST_BACKOFF_S
     restart_at: float | None = None  # when it exited: the time to start it again
-    history: list[float] = field(default_factory=list)
 
     def start(self, env: dict[str, str]) -> None:
         with self.log_path.open("ab") as output:

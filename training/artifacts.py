@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 from torch import nn
 
@@ -129,12 +128,6 @@ class VersionWriter:
         state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
         torch.save(state, self.path(f"{name}/weights.pt"))
         self.add_json(f"{name}/config.json", {"model": name, **config})
-
-    def add_parquet(self, relative: str, frame: pl.DataFrame) -> None:
-        frame.write_parquet(self.path(relative))
-
-    def add_copy(self, source: Path, relative: str) -> None:
-        shutil.copyfile(source, self.path(relative))
 
     def commit(self, manifest: Mapping[str, Any]) -> Path:
         """Hash every file into the manifest, write it, and move the version into place."""

@@ -117,9 +117,6 @@ class CandidateSet:
     def groups(self) -> int:
         return len(self.user_ids)
 
-    def group_of_rows(self) -> np.ndarray:
-        return np.repeat(np.arange(self.groups), np.diff(self.offsets))
-
     def frame(self) -> pl.DataFrame:
         """The candidate features as named columns (for fitting their statistics)."""
         return pl.DataFrame(self.features, schema=list(CANDIDATE_FEATURES), orient="row")

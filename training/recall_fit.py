@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
 from services.recall.state import SECONDS_PER_DAY, RecallParams, RecallState, sorted_positions
+from training.als_baseline import ALSConfig, fit_als
 
 NEIGHBOUR_BLOCK = 1024  # items per block of the co-like product (bounds memory for large catalogs)
 
@@ -74,22 +74,6 @@ def fit_neighbours(likes: sp.csc_matrix, k: int) -> tuple[np.ndarray, np.ndarray
     return ids, scores
 
 
-def fit_als_items(likes: sp.csr_matrix, params: RecallParams) -> np.ndarray:
-    """Implicit ALS item factors [items x f] on a [users x items] likes matrix (fixed seed)."""
-    from implicit.cpu.als import AlternatingLeastSquares
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        model = AlternatingLeastSquares(
-            factors=params.als_factors,
-            regularization=params.als_regularization,
-            alpha=params.als_alpha,
-            iterations=params.als_iterations,
-            random_state=0,
-        )
-        model.fit(likes, show_progress=False)
-    return np.asarray(model.item_factors, dtype=np.float32)
-
-
 def fit_recall_state(
     ratings: pl.DataFrame, movie_ids: np.ndarray, params: RecallParams, like_threshold: float
 ) -> RecallState:
@@ -141,7 +125,14 @@ def fit_recall_state(
     # ALS vectors for every eligible movie.
     factors = np.zeros((n_movies, params.als_factors), dtype=np.float32)
     if len(eligible_items) > params.als_factors and len(users) > 1:
-        factors[eligible_items] = fit_als_items(all_likes[:, eligible_items].tocsr(), params)
+        als = ALSConfig(
+            factors=params.als_factors,
+            regularization=params.als_regularization,
+            alpha=params.als_alpha,
+            iterations=params.als_iterations,
+            seed=0,
+        )
+        factors[eligible_items] = fit_als(all_likes[:, eligible_items].tocsr(), als).item_factors
     vectors = factors[eligible_items].astype(np.float64)
     gram = vectors.T @ vectors + params.als_regularization * np.eye(params.als_factors)
 

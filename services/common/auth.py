@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from starling.auth import CATALOG_WRITE, FEEDBACK_WRITE, READ, KeyRing
+from starling.auth import CATALOG_WRITE, FEEDBACK_WRITE, READ, KeysFile, parse_bearer
 
 log = logging.getLogger("starling.auth")
 
@@ -31,35 +31,8 @@ PUBLIC_PREFIXES = ("/starling.v1.RecommendService/", "/starling.v1.CatalogServic
 def bearer_token(metadata: Any) -> str | None:
     for key, value in metadata or ():
         if key == "authorization":
-            scheme, _, token = str(value).partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+            return parse_bearer(str(value))
     return None
-
-
-class _KeysFile:
-    """The keys file, re-read when its modification time or size changes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._stamp: tuple[int, int] | None = None
-        self._ring = KeyRing([])
-
-    def ring(self) -> KeyRing:
-        try:
-            stat = self.path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
-        except FileNotFoundError:
-            stamp = (0, 0)
-        if stamp != self._stamp:
-            try:
-                self._ring = KeyRing.load(self.path)
-                self._stamp = stamp
-            except Exception:  # a broken edit keeps the previous keys; the error is logged once per change
-                log.exception(
-                    "cannot read the API keys file; keeping the previous keys", extra={"path": str(self.path)}
-                )
-                self._stamp = stamp
-        return self._ring
 
 
 def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
@@ -71,7 +44,7 @@ def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, keys_path: Path, auth_reads: bool = False) -> None:
-        self.keys = _KeysFile(keys_path)
+        self.keys = KeysFile(keys_path)
         self.auth_reads = auth_reads
 
     def required_scope(self, method: str) -> str | None:

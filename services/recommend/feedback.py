@@ -151,7 +151,9 @@ class FeedbackRecorder:
         repairs any push that a crash cut off."""
         with self.lock:
             added = apply_rating_events(self.history, logged)
-            self.known = pl.concat([self.known, logged.select(KEY)]).unique()
+            self.known = pl.concat(
+                [self.known, logged.select(KEY)]
+            )  # a semi-join reads it: repeats are harmless
             raters = logged.filter(pl.col("kind") == "rating")["user_id"].unique().to_numpy()
             self.push_or_defer(raters)
             return added
@@ -182,12 +184,13 @@ class FeedbackRecorder:
         now_us = int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000)
         reasons = rejection_reasons(batch, self.catalog, now_us, self.max_future_us)
         accepted = reasons == ""
+        times_us = batch.times_us
         frame = pl.DataFrame(
             {
                 "user_id": batch.user_ids,
                 "movie_id": batch.movie_ids,
                 "rating": np.where(batch.kinds == recommend_pb2.FEEDBACK_KIND_RATING, batch.ratings, np.nan),
-                "event_timestamp": np.where(batch.times_us > 0, batch.times_us, now_us),
+                "event_timestamp": np.where(times_us > 0, times_us, now_us),
                 "kind": _KIND_LOOKUP[np.where(np.isin(batch.kinds, list(KIND_NAMES)), batch.kinds, 0)],
             }
         ).with_columns(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from starling.auth import FEEDBACK_WRITE, KeyRing
+from starling.auth import FEEDBACK_WRITE, KeysFile, parse_bearer
 
 SESSION_COOKIE = "starling_session"
 SESSION_TTL_S = 7 * 24 * 3600
@@ -50,7 +50,7 @@ class Forbidden(Exception):
 @dataclass
 class WebSecurity:
     session_key: bytes
-    keys_path: Path
+    keys: KeysFile
     open_sign_in: bool = True
     allowed_origins: frozenset[str] = frozenset()
 
@@ -60,7 +60,7 @@ class WebSecurity:
     ) -> WebSecurity:
         key = secret.encode() if secret else secrets.token_bytes(32)  # random: sessions end with the process
         origins = frozenset(o.strip().rstrip("/") for o in allowed_origins.split(",") if o.strip())
-        return cls(key, Path(keys_path), open_sign_in, origins)
+        return cls(key, KeysFile(keys_path), open_sign_in, origins)
 
     # --- sessions --------------------------------------------------------------------------------------------
     def _signature(self, payload: str) -> str:
@@ -113,10 +113,9 @@ class WebSecurity:
 
     def writer(self, request: web.Request) -> int | None:
         """Who may write: a user id (session), or None for any user (an API key with feedback:write)."""
-        authorization = request.headers.get("Authorization", "")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            key = KeyRing.load(self.keys_path).find(token.strip())
+        token = parse_bearer(request.headers.get("Authorization", ""))
+        if token is not None:
+            key = self.keys.ring().find(token)
             if key is None:
                 raise Forbidden(401, "UNAUTHENTICATED", "unknown or revoked API key")
             if FEEDBACK_WRITE not in key.scopes:
