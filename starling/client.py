@@ -44,10 +44,15 @@ def similar(target: str, movie_id: int, k: int, timeout: float = 5.0) -> recomme
 
 
 def format_items(items) -> str:
-    lines = [f"{'#':>3}  {'score':>6}  {'channel':<10}  {'year':>4}  title"]
+    """A table: rank, match (0-100%, Recommend only), raw score, recall channel, year, title and why."""
+    lines = [f"{'#':>3}  {'match':>5}  {'score':>6}  {'channel':<10}  {'year':>4}  title  (why)"]
     for rank, item in enumerate(items, start=1):
         year = item.release_year or ""
-        lines.append(f"{rank:>3}  {item.score:6.3f}  {item.channel:<10}  {year:>4}  {item.title}")
+        match = f"{item.match:.0%}" if item.match else ""
+        why = f"  ({item.reason.text})" if item.reason.text else ""
+        lines.append(
+            f"{rank:>3}  {match:>5}  {item.score:6.3f}  {item.channel:<10}  {year:>4}  {item.title}{why}"
+        )
     return "\n".join(lines)
 
 

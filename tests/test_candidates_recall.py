@@ -18,7 +18,7 @@ from services.common.catalog import Catalog
 from services.common.errors import InvalidArgument
 from services.common.history import UserHistory
 from services.common.server import start_service
-from services.recall.features import channel_scores, user_profile
+from services.recall.features import UserProfile, channel_scores, user_profile
 from services.recall.logic import ChannelResult, ann_limit, exact_nearest, merge_channels, recall
 from services.recall.server import RecallServicer
 from services.recall.state import RecallModel, RecallParams, RecallState, fold_in
@@ -365,3 +365,93 @@ def test_a_re_rating_counts_by_event_time_not_arrival_like_features_build(tmp_pa
         events.append(tmp_path, events.RATING_STREAM, feedback[row : row + 1])
     rebuilt = with_feedback(base, tmp_path)
     assert dict(rebuilt.select("movie_id", "rating").iter_rows()) == {5: 5.0, 1: 2.0}
+
+
+def test_reasons_point_at_the_users_own_likes_with_the_strongest_evidence(world) -> None:
+    from services.recall.reasons import because_liked, ease_evidence, neighbour_evidence, vector_evidence
+
+    ratings, _, state, catalog = world
+    model = RecallModel.align(state, catalog.movie_ids, catalog.release_years, catalog.genre_matrix)
+    history = UserHistory.from_frame(ratings, 3.5)
+    profile = user_profile(model, *history.latest(2), 3.5)
+    eligible = np.ones(len(catalog), dtype=bool)
+    eligible[model.positions(history.rated(2))] = False
+    scores = channel_scores(model, profile)
+    result = recall(model, profile, eligible, 20, scores, exact_nearest(model, scores.user_vector, 30))
+    sources = profile.liked_rows[: model.params.recent_likes]
+    assert len(result.because_rows) == len(result.rows)
+    explained = result.because_rows >= 0
+    assert explained.any() and set(result.because_rows[explained].tolist()) <= set(sources.tolist())
+
+    # Neighbour evidence is the like whose neighbour list holds the candidate with the highest similarity.
+    rows = result.rows
+    evidence = neighbour_evidence(model, sources, rows)
+    for row, source in zip(rows.tolist(), evidence.tolist(), strict=True):
+        holders = [s for s in sources.tolist() if row in model.neighbour_rows[s].tolist()]
+        if not holders:
+            assert source == -1
+            continue
+        strength = {
+            s: model.neighbour_scores[s][model.neighbour_rows[s].tolist().index(row)] for s in holders
+        }
+        assert strength[source] == max(strength.values())
+    # EASE evidence: the like with the largest positive weight; vector evidence: the closest vector.
+    ease = ease_evidence(model, sources, rows)
+    for row, source in zip(rows.tolist(), ease.tolist(), strict=True):
+        if source >= 0:
+            weights = state.ease_weights[model.ease_index[sources[model.ease_index[sources] >= 0]]][
+                :, model.ease_index[row]
+            ]
+            assert state.ease_weights[model.ease_index[source], model.ease_index[row]] == weights.max() > 0
+    vectors = vector_evidence(model, sources, rows)
+    assert (vectors >= 0).any() and set(vectors[vectors >= 0].tolist()) <= set(sources.tolist())
+    # A user without likes has no evidence; channels other than ease/embedding get neighbour evidence only.
+    nobody = because_liked(model, UserProfile.empty(), rows, result.channels)
+    assert (nobody == -1).all()
+    popular_only = because_liked(model, profile, rows, np.full(len(rows), "popular", dtype=object))
+    assert (popular_only == evidence).all()
+
+
+def test_reasons_phrase_the_evidence_and_match_is_a_0_to_1_share() -> None:
+    from services.recommend.browse import genres_by_ratings, popular_positions
+    from services.recommend.reasons import item_reasons, match_shares, similar_reason
+    from starling.v1 import recommend_pb2
+
+    catalog, _ = _catalog_and_history()  # movies 1..12, genre = GENRES[id % 3], popularity = id
+    kinds = recommend_pb2.ReasonKind
+    ids = np.array([5, 6, 7, 8, 9])
+    channels = np.array(["ease", "new", "genre", "popular", "cold_start"], dtype=object)
+    reasons = item_reasons(
+        catalog,
+        ids,
+        channels,
+        np.array([1, 0, 0, 0, 0]),
+        genre_preference=[GENRES[1], GENRES[2]],
+        today=dt.date(2000, 6, 1),
+    )
+    assert [(r.kind, r.text) for r in reasons] == [
+        (kinds.REASON_KIND_BECAUSE_YOU_LIKED, "Because you liked M1"),
+        (kinds.REASON_KIND_NEW_RELEASE, "New this year"),
+        (kinds.REASON_KIND_POPULAR_IN_GENRE, f"Popular in {GENRES[1]}"),  # 7 % 3 == 1
+        (kinds.REASON_KIND_POPULAR_IN_GENRE, f"Popular in {GENRES[2]}"),
+        (kinds.REASON_KIND_POPULAR, "Popular now"),  # 9 % 3 == 0: not a preferred genre
+    ]
+    assert reasons[0].because_movie_id == 1 and reasons[2].genre == GENRES[1]
+    later = item_reasons(
+        catalog, ids[1:2], channels[1:2], np.zeros(1, np.int64), [], today=dt.date(2003, 1, 1)
+    )
+    assert later[0].text == "New release (2000)"
+    down = item_reasons(catalog, ids[3:4], channels[3:4], np.zeros(1, np.int64), [], recall_answered=False)
+    assert down[0].text == "Popular"
+    unknown = item_reasons(catalog, ids[:1], channels[:1], np.array([99]), [])  # not in the catalog: no claim
+    assert unknown[0].kind == kinds.REASON_KIND_POPULAR
+    assert similar_reason(catalog, 3).text == "Similar to M3"
+
+    assert match_shares(np.array([3.0, 2.0]), np.array([1.0, 2.0, 3.0])).tolist() == [1.0, 0.5]
+    assert match_shares(np.array([5.0]), np.array([1.0, 3.0])).tolist() == [1.0], "re-ranking may lift it"
+    assert match_shares(np.array([2.0, 2.0]), np.array([2.0])).tolist() == [1.0, 1.0]
+    assert match_shares(np.array([np.nan, 1.0]), np.array([0.0, 2.0]))[1] == 0.5
+
+    positions, total = popular_positions(catalog, GENRES[0], 1, 2)  # ids 3, 6, 9, 12 by popularity
+    assert catalog.movie_ids[positions].tolist() == [9, 6] and total == 4
+    assert genres_by_ratings(catalog)[0] == GENRES[0]  # 3+6+9+12 = 30 ratings, the most

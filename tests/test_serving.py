@@ -91,6 +91,51 @@ def test_recommend_round_trip(stack) -> None:
     assert not [d for d in cold.degraded if d.stage != "features"]
 
 
+def test_each_item_says_why_and_how_well_it_matches(stack) -> None:
+    """Reasons come from evidence: a "because you liked" movie is one of the user's recent likes; a genre
+    reason names one of the item's genres; match is 0..1 and highest for the first item."""
+    import polars as pl
+
+    settings, stub = stack
+    kinds = recommend_pb2.ReasonKind
+    ratings = pl.read_parquet(settings.workdir / "ratings.parquet")
+    catalog = _catalog_stub(settings)
+    for user_id in (1, 414, 68):  # a heavy rater, the heaviest, and another
+        liked = ratings.filter((pl.col("user_id") == user_id) & (pl.col("rating") >= 3.5))
+        recent_likes = set(liked.sort("event_timestamp", descending=True).head(50)["movie_id"].to_list())
+        response = stub.Recommend(_request(user_id, 20), timeout=10)
+        reasons = [item.reason for item in response.items]
+        assert all(r.text and r.kind != kinds.REASON_KIND_UNSPECIFIED for r in reasons), reasons
+        because = [r for r in reasons if r.kind == kinds.REASON_KIND_BECAUSE_YOU_LIKED]
+        assert because, f"user {user_id}: no item is explained by a liked movie"
+        assert {r.because_movie_id for r in because} <= recent_likes
+        for r in because:
+            title = catalog.GetMovie(
+                catalog_pb2.GetMovieRequest(movie_id=r.because_movie_id), timeout=10
+            ).title
+            assert r.text == f"Because you liked {title}"
+        for item in response.items:
+            if item.reason.kind == kinds.REASON_KIND_POPULAR_IN_GENRE:
+                assert (
+                    item.reason.genre in item.genres and item.reason.text == f"Popular in {item.reason.genre}"
+                )
+        matches = [item.match for item in response.items]
+        assert all(0.0 <= m <= 1.0 for m in matches) and matches[0] >= matches[-1] and matches[0] > 0.5
+
+    cold = stub.Recommend(_request(30_000_001, 5, genres=["Animation"]), timeout=10)
+    assert {(i.reason.kind, i.reason.text) for i in cold.items} == {
+        (kinds.REASON_KIND_POPULAR_IN_GENRE, "Popular in Animation")
+    }
+    anonymous = stub.Recommend(_request(30_000_001, 5), timeout=10)
+    assert {(i.reason.kind, i.reason.text) for i in anonymous.items} == {
+        (kinds.REASON_KIND_POPULAR, "Popular now")
+    }
+    similar = stub.SimilarItems(recommend_pb2.SimilarItemsRequest(movie_id=1, k=3), timeout=10)
+    assert {(i.reason.kind, i.reason.because_movie_id, i.reason.text) for i in similar.items} == {
+        (kinds.REASON_KIND_SIMILAR_TO, 1, "Similar to Toy Story")
+    }
+
+
 def test_cli_prints_json_for_recommend_and_similar(stack) -> None:
     import json
 
@@ -512,6 +557,41 @@ def test_catalog_lookups(stack) -> None:
         catalog.GetMovie(catalog_pb2.GetMovieRequest(movie_id=424242424), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
+    first = catalog.ListUserRatings(catalog_pb2.ListUserRatingsRequest(user_id=1, limit=5), timeout=10)
+    second = catalog.ListUserRatings(
+        catalog_pb2.ListUserRatingsRequest(user_id=1, limit=5, offset=5), timeout=10
+    )
+    assert first.total == second.total > 10 and len(first.ratings) == len(second.ratings) == 5
+    assert not {r.movie.movie_id for r in first.ratings} & {r.movie.movie_id for r in second.ratings}
+    assert first.ratings[-1].time_unix_ms >= second.ratings[0].time_unix_ms, "most recent first, paged"
+    one = catalog.ListUserRatings(
+        catalog_pb2.ListUserRatingsRequest(user_id=1, limit=5, movie_id=second.ratings[2].movie.movie_id),
+        timeout=10,
+    )
+    assert one.total == 1 and one.ratings[0] == second.ratings[2]
+    popular = catalog.ListPopularMovies(catalog_pb2.ListPopularMoviesRequest(limit=3), timeout=10)
+    assert [m.rating_count for m in popular.movies] == sorted(
+        (m.rating_count for m in popular.movies), reverse=True
+    )
+    assert popular.genres[0] == "Drama" and popular.total > 9000
+    comedies = catalog.ListPopularMovies(
+        catalog_pb2.ListPopularMoviesRequest(genre="Comedy", limit=3, offset=1), timeout=10
+    )
+    assert all("Comedy" in m.genres for m in comedies.movies) and comedies.total < popular.total
+    for bad, message in [
+        (catalog_pb2.ListPopularMoviesRequest(genre="Space Opera"), "genre 'Space Opera' is unknown"),
+        (catalog_pb2.ListPopularMoviesRequest(limit=101), "limit must be 1..100"),
+        (catalog_pb2.ListPopularMoviesRequest(offset=-1), "offset must be >= 0"),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            catalog.ListPopularMovies(bad, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        catalog.ListUserRatings(catalog_pb2.ListUserRatingsRequest(user_id=1, limit=5, offset=-2), timeout=10)
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "offset must be >= 0" in err.value.details()
+    )
+
 
 def test_new_user_starts_cold_then_the_personal_channels_take_over(stack) -> None:
     settings, stub = stack
@@ -547,6 +627,8 @@ def test_new_user_starts_cold_then_the_personal_channels_take_over(stack) -> Non
     assert recalled.user_has_embedding, "a vector folded in from the three likes"
     assert "cold_start" not in channels and not set(liked) & {item.movie_id for item in warm.items}
     assert [item.movie_id for item in warm.items] != [item.movie_id for item in diverse.items], "now ranked"
+    because = {item.reason.because_movie_id for item in warm.items} - {0}
+    assert because and because <= set(liked), "explained by the three likes"
 
 
 def test_new_movie_is_served_at_once(stack) -> None:
@@ -660,6 +742,7 @@ def test_fallbacks_as_stages_die_one_by_one(stack) -> None:
     assert len(response.items) == 10
     assert [d.stage for d in response.degraded] == ["recall", "ranker"], response.degraded
     assert {item.channel for item in response.items} == {"popular"}
+    assert {item.reason.text for item in response.items} == {"Popular"}, "the most rated, not 'now'"
     similar = stub.SimilarItems(recommend_pb2.SimilarItemsRequest(movie_id=1, k=3), timeout=10)
     assert len(similar.items) == 3
 

@@ -33,6 +33,7 @@ from starling.config import REPO_ROOT, Settings
 
 SCREENSHOT = REPO_ROOT / "docs" / "screenshot-user-page.png"
 SAMPLE_USER = 1
+MAX_SCREENSHOT_BYTES = 450_000  # the README's pictures stay small in the repository
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -368,7 +369,9 @@ RECOMMENDED_CARDS = """[...document.querySelectorAll('#recommendations .card')].
     title: card.querySelector('h3').textContent,
     channel: card.querySelector('.badge').textContent,
     has_poster: card.querySelector('svg.poster text') !== null,
-    rating_buttons: card.querySelectorAll('.rate button').length,
+    rating_choices: [...card.querySelectorAll('.rate select option:not([disabled])')].map(o => Number(o.value)),
+    reason: card.querySelector('.reason')?.textContent ?? null,
+    match: card.querySelector('.match')?.textContent ?? null,
 }))"""
 RATED_IDS = "[...document.querySelectorAll('#rated li[data-movie-id]')].map(li => Number(li.dataset.movieId))"
 REMOTE_RESOURCES = (
@@ -384,7 +387,11 @@ def test_rating_on_the_user_page_changes_both_lists(stack, browser: DevTools, tm
     api = httpx.get(f"{base}/api/users/{SAMPLE_USER}/recommendations?k=12", timeout=30).json()
     assert [c["movie_id"] for c in cards] == [item["movie_id"] for item in api["items"]]
     assert [c["title"] for c in cards] == [item["title"] for item in api["items"]]
-    assert all(c["has_poster"] and c["rating_buttons"] == 5 and c["channel"] for c in cards)
+    half_stars = [5 - 0.5 * i for i in range(10)]
+    assert all(c["has_poster"] and c["rating_choices"] == half_stars and c["channel"] for c in cards)
+    assert [c["reason"] for c in cards] == [item["reason"]["text"] for item in api["items"]]
+    assert [c["match"] for c in cards] == [f"{round(item['match'] * 100)}% match" for item in api["items"]]
+    assert any(c["reason"].startswith("Because you liked ") for c in cards)
     rated_before = browser.evaluate(RATED_IDS)
     history = pl.read_parquet(settings.workdir / "ratings.parquet").filter(pl.col("user_id") == SAMPLE_USER)
     rated_at = dict(zip(history["movie_id"], history["event_timestamp"], strict=True))
@@ -394,7 +401,9 @@ def test_rating_on_the_user_page_changes_both_lists(stack, browser: DevTools, tm
     ), "the rated list shows the user's most recent ratings first"
 
     target = cards[0]
-    browser.click(f'#recommendations .card[data-movie-id="{target["movie_id"]}"] button[data-rating="5"]')
+    card = f'#recommendations .card[data-movie-id="{target["movie_id"]}"]'
+    browser.evaluate(f"document.querySelector('{card} select').value = '4.5'")  # a half star
+    browser.click(f"{card} .rate button")
     wait_until(
         lambda: (
             browser.evaluate("document.body.dataset.state") == "ready"
@@ -404,21 +413,69 @@ def test_rating_on_the_user_page_changes_both_lists(stack, browser: DevTools, tm
         20,
         f"movie {target['movie_id']} to move from the recommendations to the rated list",
     )
-    assert browser.evaluate("document.querySelector('#rated li .stars').textContent").startswith("★★★★★")
+    assert browser.evaluate("document.querySelector('#rated li .stars').textContent").startswith("★★★★½ 4.5")
     assert (
-        browser.evaluate("document.getElementById('status').textContent") == f"Rated {target['title']}: 5 ★"
+        browser.evaluate("document.getElementById('status').textContent") == f"Rated {target['title']}: 4.5 ★"
     )
     ratings = httpx.get(f"{base}/api/users/{SAMPLE_USER}/ratings?limit=1", timeout=30).json()["ratings"]
-    assert ratings[0]["movie"]["movie_id"] == target["movie_id"] and ratings[0]["rating"] == 5
+    assert ratings[0]["movie"]["movie_id"] == target["movie_id"] and ratings[0]["rating"] == 4.5
     assert browser.evaluate(REMOTE_RESOURCES) == [] and browser.exceptions == []
 
     png = browser.screenshot()
     (tmp_path / SCREENSHOT.name).write_bytes(png)
-    assert png.startswith(b"\x89PNG") and len(png) < 300_000, (
+    assert png.startswith(b"\x89PNG") and len(png) < MAX_SCREENSHOT_BYTES, (
         f"{len(png)} bytes: {tmp_path / SCREENSHOT.name}"
     )
     SCREENSHOT.parent.mkdir(exist_ok=True)
     SCREENSHOT.write_bytes(png)
+
+
+@pytest.mark.slow
+def test_your_ratings_are_paged(stack, browser: DevTools) -> None:
+    _, base = stack
+    total = httpx.get(f"{base}/api/users/{SAMPLE_USER}/ratings?limit=1", timeout=30).json()["total"]
+    assert total > 24, "the sample user has more than two pages of ratings"
+    assert browser.open(f"{base}/users/{SAMPLE_USER}") == "ready"
+    assert browser.evaluate("document.getElementById('rated-count').textContent") == f"12 of {total}"
+    first_page = browser.evaluate(RATED_IDS)
+    browser.click("#rated-more")
+    wait_until(lambda: len(browser.evaluate(RATED_IDS)) == 24, 20, "the second page of ratings")
+    assert browser.evaluate("document.getElementById('rated-count').textContent") == f"24 of {total}"
+    page_2 = httpx.get(f"{base}/api/users/{SAMPLE_USER}/ratings?limit=12&offset=12", timeout=30).json()
+    assert browser.evaluate(RATED_IDS) == first_page + [r["movie"]["movie_id"] for r in page_2["ratings"]]
+    assert page_2["total"] == total and page_2["offset"] == 12
+    assert browser.exceptions == []
+
+
+@pytest.mark.slow
+def test_rating_from_the_movie_page(stack, browser: DevTools) -> None:
+    _, base = stack
+    user = 2
+    rated = {
+        r["movie"]["movie_id"]
+        for r in httpx.get(f"{base}/api/users/{user}/ratings?limit=500", timeout=30).json()["ratings"]
+    }
+    movie_id = next(m for m in (1, 2, 3, 5, 6, 7, 10) if m not in rated)
+    assert browser.open(f"{base}/movies/{movie_id}?user={user}") == "ready"
+    assert (
+        browser.evaluate("document.getElementById('your-rating-text').textContent")
+        == "You have not rated it yet."
+    )
+    browser.evaluate("document.querySelector('#your-rating select').value = '3.5'")
+    browser.click("#your-rating .rate button")
+    wait_until(
+        lambda: "3.5 on" in browser.evaluate("document.getElementById('your-rating-text').textContent"),
+        20,
+        "the page to show the new rating",
+    )
+    assert browser.evaluate("document.querySelector('#your-rating select').value") == "3.5"
+    mine = httpx.get(f"{base}/api/users/{user}/ratings?movie={movie_id}", timeout=30).json()
+    assert mine["total"] == 1 and mine["ratings"][0]["rating"] == 3.5
+    assert mine["ratings"][0]["movie"]["movie_id"] == movie_id
+    png = browser.screenshot()
+    assert png.startswith(b"\x89PNG") and len(png) < MAX_SCREENSHOT_BYTES
+    (REPO_ROOT / "docs" / "screenshot-movie-page.png").write_bytes(png)
+    assert browser.exceptions == []
 
 
 @pytest.mark.slow
@@ -460,11 +517,26 @@ def test_home_page_finds_a_movie_by_title_without_its_id(stack, browser: DevTool
         30,
         "search results",
     )
+    rows = browser.evaluate(
+        "[...document.querySelectorAll('#popular-rows section')].map(s => ({heading: s.querySelector('h2')"
+        ".textContent, ids: [...s.querySelectorAll('.card')].map(c => Number(c.dataset.movieId)),"
+        " genres: [...s.querySelectorAll('.card .meta')].map(m => m.textContent)}))"
+    )
+    popular = httpx.get(f"{base}/api/popular?limit=8", timeout=30).json()
+    assert rows[0] == {
+        "heading": "Most rated",
+        "ids": [m["movie_id"] for m in popular["movies"]],
+        "genres": rows[0]["genres"],
+    }
+    genres = [g for g in popular["genres"] if not g.startswith("(")][:4]
+    assert [r["heading"] for r in rows[1:]] == [f"Most rated in {g}" for g in genres]
+    for row, genre in zip(rows[1:], genres, strict=True):
+        assert len(row["ids"]) == 8 and all(genre in meta for meta in row["genres"])
     first = browser.evaluate("document.querySelector('#search-results li a').textContent")
     assert first.startswith("Amelie (Fabuleux destin d'Amélie Poulain")
     assert "1 of 1 movies match" in browser.evaluate("document.getElementById('search-status').textContent")
     png = browser.screenshot()
-    assert png.startswith(b"\x89PNG") and len(png) < 300_000
+    assert png.startswith(b"\x89PNG") and len(png) < MAX_SCREENSHOT_BYTES
     (REPO_ROOT / "docs" / "screenshot-search.png").write_bytes(png)
     reply = httpx.get(f"{base}/api/movies", params={"q": "the", "limit": 5, "offset": 5}, timeout=30).json()
     assert reply["total"] > 100 and len(reply["movies"]) == 5 and reply["offset"] == 5

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.recall.features import ChannelScores, UserProfile, candidate_features, top_genres
+from services.recall.reasons import because_liked
 from services.recall.state import RecallModel
 
 CHANNEL_PRIORITY = ("ease", "item2item", "embedding", "new", "genre", "popular")
@@ -165,6 +166,7 @@ class RecallResult:
     features: np.ndarray  # float32 [candidates, len(CANDIDATE_FEATURES)]
     user_vector: np.ndarray | None  # the user's ALS vector (None without likes with a vector)
     top_genres: np.ndarray  # genre columns of the user's recent likes, most frequent first
+    because_rows: np.ndarray  # int64: per candidate, the recent like that is its evidence (-1: none)
 
 
 def recall(
@@ -208,4 +210,5 @@ def recall(
         genres = np.empty(0, dtype=np.int64)
     rows, channel_score, names = merge_channels(channels, quotas, n)
     features = candidate_features(model, profile, rows, scores, eligible)
-    return RecallResult(rows, channel_score, names, features, scores.user_vector, genres)
+    because = because_liked(model, profile, rows, names)
+    return RecallResult(rows, channel_score, names, features, scores.user_vector, genres, because)

@@ -177,6 +177,9 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
             features=np.ascontiguousarray(result.features, dtype="<f4").tobytes(),
             feature_names=list(CANDIDATE_FEATURES),
             model_version=serving.version,
+            because_movie_ids=np.where(
+                result.because_rows >= 0, model.movie_ids[np.maximum(result.because_rows, 0)], 0
+            ).tolist(),
         )
 
     async def SimilarMovies(

@@ -21,6 +21,7 @@ import polars as pl
 from services.common.catalog import Catalog
 from services.common.errors import InvalidArgument, NotFound, check_id, check_k
 from services.common.history import UserHistory
+from services.recommend.browse import genres_by_ratings, popular_positions
 from services.recommend.search import MAX_QUERY, MAX_RESULTS, folded_titles, search_positions
 from starling import events
 from starling.features.spec import MOVIE_GENRE_FIELDS
@@ -140,16 +141,46 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     ):
         user_id = check_id(request.user_id, "user_id")
         limit = check_k(request.limit, "limit")
-        movies, ratings, timestamps = (column[:limit] for column in self.history.latest(user_id))
+        if request.offset < 0:
+            raise InvalidArgument(f"offset must be >= 0, got {request.offset}")
+        movie_id = check_id(request.movie_id, "movie_id")
+        movies, ratings, timestamps = self.history.latest(user_id)
         positions = self.catalog.positions(movies)
+        keep = positions >= 0
+        if movie_id:
+            keep &= movies == movie_id
+        positions, ratings, timestamps = positions[keep], ratings[keep], timestamps[keep]
+        page = slice(request.offset, request.offset + limit)
         return catalog_pb2.ListUserRatingsResponse(
             ratings=[
                 catalog_pb2.UserRating(
                     movie=movie_message(self.catalog, p), rating=float(r), time_unix_ms=int(t // 1000)
                 )
-                for p, r, t in zip(positions.tolist(), ratings.tolist(), timestamps.tolist(), strict=True)
-                if p >= 0
-            ]
+                for p, r, t in zip(
+                    positions[page].tolist(), ratings[page].tolist(), timestamps[page].tolist(), strict=True
+                )
+            ],
+            total=len(positions),
+        )
+
+    async def ListPopularMovies(
+        self, request: catalog_pb2.ListPopularMoviesRequest, context: grpc.aio.ServicerContext
+    ):
+        catalog = self.catalog
+        if request.genre and request.genre not in catalog.genre_names:
+            raise InvalidArgument(
+                f"genre {request.genre!r} is unknown; known: {', '.join(catalog.genre_names)}"
+            )
+        limit = request.limit or 20
+        if not 1 <= limit <= MAX_RESULTS:
+            raise InvalidArgument(f"limit must be 1..{MAX_RESULTS}, got {request.limit}")
+        if request.offset < 0:
+            raise InvalidArgument(f"offset must be >= 0, got {request.offset}")
+        positions, total = popular_positions(catalog, request.genre, request.offset, limit)
+        return catalog_pb2.ListPopularMoviesResponse(
+            movies=[movie_message(catalog, p) for p in positions.tolist()],
+            total=total,
+            genres=genres_by_ratings(catalog),
         )
 
     async def SearchMovies(self, request: catalog_pb2.SearchMoviesRequest, context: grpc.aio.ServicerContext):

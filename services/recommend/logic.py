@@ -46,6 +46,9 @@ class Ranked:
     movie_ids: np.ndarray
     scores: np.ndarray
     channels: np.ndarray
+    because_ids: np.ndarray = field(
+        default_factory=lambda: np.empty(0, np.int64)
+    )  # recall's evidence, 0 = none
     degraded: list[common_pb2.Degradation] = field(default_factory=list)
 
     def degrade(self, stage: str, reason: str) -> None:
@@ -94,11 +97,34 @@ def top_k_by_score(movie_ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndar
     return np.lexsort((movie_ids, -scores.astype(np.float64)))[:k]
 
 
+def because_of_recall(because_movie_ids: list[int] | np.ndarray, n: int) -> np.ndarray:
+    """Recall's evidence per candidate; zeros when absent or of another length (an older recall)."""
+    because = np.asarray(because_movie_ids, dtype=np.int64)
+    return because if len(because) == n else np.zeros(n, dtype=np.int64)
+
+
+def lookup(ids: np.ndarray, source_ids: np.ndarray, values: np.ndarray, missing: int = 0) -> np.ndarray:
+    """``values`` of each of ``ids`` by its place in ``source_ids`` (distinct); ``missing`` when absent."""
+    order = np.argsort(source_ids, kind="stable")
+    sorted_ids = source_ids[order]
+    if len(sorted_ids) == 0:
+        return np.full(len(ids), missing, dtype=values.dtype)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    found = sorted_ids[pos] == ids
+    return np.where(found, values[order[pos]], missing)
+
+
 def build_items(
-    catalog: Catalog, movie_ids: np.ndarray, scores: np.ndarray, channels: np.ndarray
+    catalog: Catalog,
+    movie_ids: np.ndarray,
+    scores: np.ndarray,
+    channels: np.ndarray,
+    reasons: list[recommend_pb2.Reason],
+    matches: np.ndarray | None = None,
 ) -> list[recommend_pb2.RecommendedItem]:
     """Response items with titles, genres and years from the catalog (one message per returned movie)."""
     pos = catalog.positions(movie_ids)
+    matches = np.zeros(len(movie_ids), np.float32) if matches is None else matches
     return [
         recommend_pb2.RecommendedItem(
             movie_id=int(movie_id),
@@ -107,8 +133,16 @@ def build_items(
             channel=str(channel),
             genres=catalog.genres_of(p) if p >= 0 else [],
             release_year=int(catalog.release_years[p]) if p >= 0 else 0,
+            reason=reason,
+            match=float(match),
         )
-        for movie_id, p, score, channel in zip(
-            movie_ids.tolist(), pos.tolist(), scores.tolist(), channels.tolist(), strict=True
+        for movie_id, p, score, channel, reason, match in zip(
+            movie_ids.tolist(),
+            pos.tolist(),
+            scores.tolist(),
+            channels.tolist(),
+            reasons,
+            matches.tolist(),
+            strict=True,
         )
     ]

@@ -42,15 +42,18 @@ from services.recommend.dependencies import DependencyMonitor, grpc_health_probe
 from services.recommend.feedback import FeedbackRecorder
 from services.recommend.logic import (
     Ranked,
+    because_of_recall,
     build_items,
     candidate_feature_matrix,
     cold_start_channels,
+    lookup,
     popular_fallback,
     recall_order_scores,
     top_k_by_score,
     uses_ranker,
     validate_recommend,
 )
+from services.recommend.reasons import item_reasons, match_shares, similar_reason
 from starling.config import Settings, get_settings, stage_target
 from starling.events import MOVIE_STREAM, RATING_STREAM, EventFollower, compact
 from starling.featurestore import get_feature_store
@@ -178,16 +181,19 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             ranked.movie_ids = np.asarray(recalled.movie_ids, dtype=np.int64)
             user_genres = list(recalled.user_top_genres)
             ranked.channels = np.asarray(recalled.channels, dtype=object)
+            ranked.because_ids = because_of_recall(recalled.because_movie_ids, len(ranked.movie_ids))
+            recall_answered = True
             candidate_features = candidate_feature_matrix(
                 recalled.features, list(recalled.feature_names), len(ranked.movie_ids)
             )
         except StageFailed as exc:
             self._fallback(ranked, "recall", f"{exc}; served popular movies")
-            user_genres, candidate_features = [], None
+            user_genres, candidate_features, recall_answered = [], None, False
             ranked.movie_ids, _ = popular_fallback(
                 self.catalog, self.popularity_order, excluded, req.genres, self.settings.recall_size
             )
             ranked.channels = np.full(len(ranked.movie_ids), "popular", dtype=object)
+            ranked.because_ids = np.zeros(len(ranked.movie_ids), dtype=np.int64)
         ranked.channels = cold_start_channels(ranked.channels, known_user)
 
         # 3. ranker (KServe, Open Inference Protocol v2 over gRPC) for users with history; the cold path keeps
@@ -246,8 +252,17 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         context.set_trailing_metadata(
             ((STAGE_TIMINGS_KEY, ",".join(f"{stage}={ms:.3f}" for stage, ms in timings.items())),)
         )
+        reasons = item_reasons(
+            self.catalog,
+            final_ids,
+            final_channels,
+            lookup(final_ids, ranked.movie_ids, ranked.because_ids),
+            genre_preference=user_genres or list(req.genres),
+            recall_answered=recall_answered,
+        )
+        matches = match_shares(final_scores, ranked.scores)
         return recommend_pb2.RecommendResponse(
-            items=build_items(self.catalog, final_ids, final_scores, final_channels),
+            items=build_items(self.catalog, final_ids, final_scores, final_channels, reasons, matches),
             model_version=model_version,
             request_id=request_id,
             degraded=ranked.degraded,
@@ -316,6 +331,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 np.asarray(reply.scores, np.float32),
                 "item2item",
             )
+            reasons = [similar_reason(self.catalog, movie_id)] * len(ids)
         except StageFailed as exc:
             STAGE_FALLBACKS.labels("recall", str(exc).split(":")[0]).inc()
             genres = tuple(self.catalog.genres_of(int(self.catalog.positions([movie_id])[0])))
@@ -323,8 +339,15 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 self.catalog, self.popularity_order, np.array([movie_id]), genres, k
             )
             channel = "genre"
+            reasons = item_reasons(
+                self.catalog,
+                ids,
+                np.full(len(ids), channel, dtype=object),
+                np.zeros(len(ids), np.int64),
+                list(genres),
+            )
         return recommend_pb2.SimilarItemsResponse(
-            items=build_items(self.catalog, ids, scores, np.full(len(ids), channel, dtype=object)),
+            items=build_items(self.catalog, ids, scores, np.full(len(ids), channel, dtype=object), reasons),
             request_id=uuid.uuid4().hex,
         )
 

@@ -6,8 +6,9 @@ of k and limit, known movies, the feedback rules) is the services' call.
 | route | gRPC |
 |---|---|
 | GET  /api/users/{user_id}/recommendations?k=&genre=&exclude= | RecommendService.Recommend |
-| GET  /api/users/{user_id}/ratings?limit= | CatalogService.ListUserRatings |
+| GET  /api/users/{user_id}/ratings?limit=&offset=&movie= | CatalogService.ListUserRatings (paged) |
 | GET  /api/movies?q=&limit=&offset= | CatalogService.SearchMovies (title search, paged) |
+| GET  /api/popular?genre=&limit=&offset= | CatalogService.ListPopularMovies (home page rows) |
 | GET  /api/movies/{movie_id} | CatalogService.GetMovie |
 | GET  /api/movies/{movie_id}/similar?k= | RecommendService.SimilarItems |
 | POST /api/session {user_id} | (signs the browser in as user_id: a signed SameSite cookie) |
@@ -43,6 +44,7 @@ log = logging.getLogger("starling.web")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 INT64_MAX = 2**63 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 DEFAULT_K = 12
 DEFAULT_RATINGS_LIMIT = 20
 FEEDBACK_KINDS = {
@@ -125,9 +127,12 @@ def query_int(request: web.Request, name: str, default: int) -> int:
     if text is None:
         return default
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise BadRequest(f"query parameter {name} must be an integer, got {text!r}") from None
+    if not INT32_MIN <= value <= INT32_MAX:
+        raise BadRequest(f"query parameter {name} must be within {INT32_MIN}..{INT32_MAX}, got {text}")
+    return value
 
 
 def body_id(body: dict[str, Any], field: str) -> int:
@@ -176,7 +181,14 @@ def item_json(item: recommend_pb2.RecommendedItem) -> dict[str, Any]:
         "release_year": item.release_year or None,
         "genres": list(item.genres),
         "score": round(item.score, 4),
+        "match": round(item.match, 4),
         "channel": item.channel,
+        "reason": {
+            "kind": recommend_pb2.ReasonKind.Name(item.reason.kind).removeprefix("REASON_KIND_").lower(),
+            "text": item.reason.text,
+            "because_movie_id": item.reason.because_movie_id or None,
+            "genre": item.reason.genre or None,
+        },
     }
 
 
@@ -219,9 +231,14 @@ async def recommendations(request: web.Request) -> web.Response:
 async def user_ratings(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     user_id = parse_id(request.match_info["user_id"], "user id")
+    offset = query_int(request, "offset", 0)
+    movie_id = parse_id(request.query["movie"], "movie") if "movie" in request.query else 0
     reply = await backend.catalog.ListUserRatings(
         catalog_pb2.ListUserRatingsRequest(
-            user_id=user_id, limit=query_int(request, "limit", DEFAULT_RATINGS_LIMIT)
+            user_id=user_id,
+            limit=query_int(request, "limit", DEFAULT_RATINGS_LIMIT),
+            offset=offset,
+            movie_id=movie_id,
         ),
         timeout=backend.timeout_s,
     )
@@ -229,7 +246,7 @@ async def user_ratings(request: web.Request) -> web.Response:
         {"movie": movie_json(r.movie), "rating": r.rating, "time_unix_ms": r.time_unix_ms}
         for r in reply.ratings
     ]
-    return web.json_response({"user_id": user_id, "ratings": ratings})
+    return web.json_response({"user_id": user_id, "total": reply.total, "offset": offset, "ratings": ratings})
 
 
 async def movie(request: web.Request) -> web.Response:
@@ -256,6 +273,28 @@ async def search(request: web.Request) -> web.Response:
             "total": reply.total,
             "offset": offset,
             "movies": [movie_json(m) for m in reply.movies],
+        }
+    )
+
+
+async def popular(request: web.Request) -> web.Response:
+    """The most rated movies: ?genre= (one genre, or all), &limit= (1..100, default 20), &offset=."""
+    backend = request.app[BACKEND]
+    genre = request.query.get("genre", "")
+    offset = query_int(request, "offset", 0)
+    reply = await backend.catalog.ListPopularMovies(
+        catalog_pb2.ListPopularMoviesRequest(
+            genre=genre, limit=query_int(request, "limit", 20), offset=offset
+        ),
+        timeout=backend.timeout_s,
+    )
+    return web.json_response(
+        {
+            "genre": genre or None,
+            "total": reply.total,
+            "offset": offset,
+            "movies": [movie_json(m) for m in reply.movies],
+            "genres": list(reply.genres),
         }
     )
 
@@ -406,6 +445,7 @@ def create_app(
     app.router.add_get("/api/users/{user_id}/recommendations", recommendations)
     app.router.add_get("/api/users/{user_id}/ratings", user_ratings)
     app.router.add_get("/api/movies", search)
+    app.router.add_get("/api/popular", popular)
     app.router.add_get("/api/movies/{movie_id}", movie)
     app.router.add_get("/api/movies/{movie_id}/similar", similar)
     app.router.add_post("/api/session", session)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19starling/v1/catalog.proto\x12\x0bstarling.v1\"x\n\x05Movie\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x14\n\x0crelease_year\x18\x03 \x01(\x05\x12\x0e\n\x06genres\x18\x04 \x03(\t\x12\x14\n\x0crating_count\x18\x05 \x01(\x03\x12\x12\n\navg_rating\x18\x06 \x01(\x02\"7\n\x12UpsertMovieRequest\x12!\n\x05movie\x18\x01 \x01(\x0b\x32\x12.starling.v1.Movie\"I\n\x13UpsertMovieResponse\x12!\n\x05movie\x18\x01 \x01(\x0b\x32\x12.starling.v1.Movie\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"#\n\x0fGetMovieRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\"8\n\x16ListUserRatingsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"U\n\nUserRating\x12!\n\x05movie\x18\x01 \x01(\x0b\x32\x12.starling.v1.Movie\x12\x0e\n\x06rating\x18\x02 \x01(\x02\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\"C\n\x17ListUserRatingsResponse\x12(\n\x07ratings\x18\x01 \x03(\x0b\x32\x17.starling.v1.UserRating\"C\n\x13SearchMoviesRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x05\"I\n\x14SearchMoviesResponse\x12\"\n\x06movies\x18\x01 \x03(\x0b\x32\x12.starling.v1.Movie\x12\r\n\x05total\x18\x02 \x01(\x05\x32\xd3\x02\n\x0e\x43\x61talogService\x12P\n\x0bUpsertMovie\x12\x1f.starling.v1.UpsertMovieRequest\x1a .starling.v1.UpsertMovieResponse\x12<\n\x08GetMovie\x12\x1c.starling.v1.GetMovieRequest\x1a\x12.starling.v1.Movie\x12\\\n\x0fListUserRatings\x12#.starling.v1.ListUserRatingsRequest\x1a$.starling.v1.ListUserRatingsResponse\x12S\n\x0cSearchMovies\x12 .starling.v1.SearchMoviesRequest\x1a!.starling.v1.SearchMoviesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19starling/v1/catalog.proto\x12\x0bstarling.v1\"x\n\x05Movie\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x14\n\x0crelease_year\x18\x03 \x01(\x05\x12\x0e\n\x06genres\x18\x04 \x03(\t\x12\x14\n\x0crating_count\x18\x05 \x01(\x03\x12\x12\n\navg_rating\x18\x06 \x01(\x02\"7\n\x12UpsertMovieRequest\x12!\n\x05movie\x18\x01 \x01(\x0b\x32\x12.starling.v1.Movie\"I\n\x13UpsertMovieResponse\x12!\n\x05movie\x18\x01 \x01(\x0b\x32\x12.starling.v1.Movie\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"#\n\x0fGetMovieRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\"Z\n\x16ListUserRatingsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x05\x12\x10\n\x08movie_id\x18\x04 \x01(\x03\"U\n\nUserRating\x12!\n\x05movie\x18\x01 \x01(\x0b\x32\x12.starling.v1.Movie\x12\x0e\n\x06rating\x18\x02 \x01(\x02\x12\x14\n\x0ctime_unix_ms\x18\x03 \x01(\x03\"R\n\x17ListUserRatingsResponse\x12(\n\x07ratings\x18\x01 \x03(\x0b\x32\x17.starling.v1.UserRating\x12\r\n\x05total\x18\x02 \x01(\x05\"H\n\x18ListPopularMoviesRequest\x12\r\n\x05genre\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x05\"^\n\x19ListPopularMoviesResponse\x12\"\n\x06movies\x18\x01 \x03(\x0b\x32\x12.starling.v1.Movie\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x0e\n\x06genres\x18\x03 \x03(\t\"C\n\x13SearchMoviesRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x05\"I\n\x14SearchMoviesResponse\x12\"\n\x06movies\x18\x01 \x03(\x0b\x32\x12.starling.v1.Movie\x12\r\n\x05total\x18\x02 \x01(\x05\x32\xb7\x03\n\x0e\x43\x61talogService\x12P\n\x0bUpsertMovie\x12\x1f.starling.v1.UpsertMovieRequest\x1a .starling.v1.UpsertMovieResponse\x12<\n\x08GetMovie\x12\x1c.starling.v1.GetMovieRequest\x1a\x12.starling.v1.Movie\x12\\\n\x0fListUserRatings\x12#.starling.v1.ListUserRatingsRequest\x1a$.starling.v1.ListUserRatingsResponse\x12S\n\x0cSearchMovies\x12 .starling.v1.SearchMoviesRequest\x1a!.starling.v1.SearchMoviesResponse\x12\x62\n\x11ListPopularMovies\x12%.starling.v1.ListPopularMoviesRequest\x1a&.starling.v1.ListPopularMoviesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,15 +40,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMOVIEREQUEST']._serialized_start=296
   _globals['_GETMOVIEREQUEST']._serialized_end=331
   _globals['_LISTUSERRATINGSREQUEST']._serialized_start=333
-  _globals['_LISTUSERRATINGSREQUEST']._serialized_end=389
-  _globals['_USERRATING']._serialized_start=391
-  _globals['_USERRATING']._serialized_end=476
-  _globals['_LISTUSERRATINGSRESPONSE']._serialized_start=478
-  _globals['_LISTUSERRATINGSRESPONSE']._serialized_end=545
-  _globals['_SEARCHMOVIESREQUEST']._serialized_start=547
-  _globals['_SEARCHMOVIESREQUEST']._serialized_end=614
-  _globals['_SEARCHMOVIESRESPONSE']._serialized_start=616
-  _globals['_SEARCHMOVIESRESPONSE']._serialized_end=689
-  _globals['_CATALOGSERVICE']._serialized_start=692
-  _globals['_CATALOGSERVICE']._serialized_end=1031
+  _globals['_LISTUSERRATINGSREQUEST']._serialized_end=423
+  _globals['_USERRATING']._serialized_start=425
+  _globals['_USERRATING']._serialized_end=510
+  _globals['_LISTUSERRATINGSRESPONSE']._serialized_start=512
+  _globals['_LISTUSERRATINGSRESPONSE']._serialized_end=594
+  _globals['_LISTPOPULARMOVIESREQUEST']._serialized_start=596
+  _globals['_LISTPOPULARMOVIESREQUEST']._serialized_end=668
+  _globals['_LISTPOPULARMOVIESRESPONSE']._serialized_start=670
+  _globals['_LISTPOPULARMOVIESRESPONSE']._serialized_end=764
+  _globals['_SEARCHMOVIESREQUEST']._serialized_start=766
+  _globals['_SEARCHMOVIESREQUEST']._serialized_end=833
+  _globals['_SEARCHMOVIESRESPONSE']._serialized_start=835
+  _globals['_SEARCHMOVIESRESPONSE']._serialized_end=908
+  _globals['_CATALOGSERVICE']._serialized_start=911
+  _globals['_CATALOGSERVICE']._serialized_end=1350
 # @@protoc_insertion_point(module_scope)

@@ -43,12 +43,16 @@ class GetMovieRequest(_message.Message):
     def __init__(self, movie_id: _Optional[int] = ...) -> None: ...
 
 class ListUserRatingsRequest(_message.Message):
-    __slots__ = ("user_id", "limit")
+    __slots__ = ("user_id", "limit", "offset", "movie_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    MOVIE_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: int
     limit: int
-    def __init__(self, user_id: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    offset: int
+    movie_id: int
+    def __init__(self, user_id: _Optional[int] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., movie_id: _Optional[int] = ...) -> None: ...
 
 class UserRating(_message.Message):
     __slots__ = ("movie", "rating", "time_unix_ms")
@@ -61,10 +65,32 @@ class UserRating(_message.Message):
     def __init__(self, movie: _Optional[_Union[Movie, _Mapping]] = ..., rating: _Optional[float] = ..., time_unix_ms: _Optional[int] = ...) -> None: ...
 
 class ListUserRatingsResponse(_message.Message):
-    __slots__ = ("ratings",)
+    __slots__ = ("ratings", "total")
     RATINGS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
     ratings: _containers.RepeatedCompositeFieldContainer[UserRating]
-    def __init__(self, ratings: _Optional[_Iterable[_Union[UserRating, _Mapping]]] = ...) -> None: ...
+    total: int
+    def __init__(self, ratings: _Optional[_Iterable[_Union[UserRating, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class ListPopularMoviesRequest(_message.Message):
+    __slots__ = ("genre", "limit", "offset")
+    GENRE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    genre: str
+    limit: int
+    offset: int
+    def __init__(self, genre: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class ListPopularMoviesResponse(_message.Message):
+    __slots__ = ("movies", "total", "genres")
+    MOVIES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    GENRES_FIELD_NUMBER: _ClassVar[int]
+    movies: _containers.RepeatedCompositeFieldContainer[Movie]
+    total: int
+    genres: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, movies: _Optional[_Iterable[_Union[Movie, _Mapping]]] = ..., total: _Optional[int] = ..., genres: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchMoviesRequest(_message.Message):
     __slots__ = ("query", "limit", "offset")

@@ -55,6 +55,11 @@ class CatalogServiceStub:
                 request_serializer=starling_dot_v1_dot_catalog__pb2.SearchMoviesRequest.SerializeToString,
                 response_deserializer=starling_dot_v1_dot_catalog__pb2.SearchMoviesResponse.FromString,
                 _registered_method=True)
+        self.ListPopularMovies = channel.unary_unary(
+                '/starling.v1.CatalogService/ListPopularMovies',
+                request_serializer=starling_dot_v1_dot_catalog__pb2.ListPopularMoviesRequest.SerializeToString,
+                response_deserializer=starling_dot_v1_dot_catalog__pb2.ListPopularMoviesResponse.FromString,
+                _registered_method=True)
 
 
 class CatalogServiceServicer:
@@ -89,6 +94,13 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPopularMovies(self, request, context):
+        """The most rated movies, of one genre or of all; paged by offset (the home page's rows).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +123,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.SearchMovies,
                     request_deserializer=starling_dot_v1_dot_catalog__pb2.SearchMoviesRequest.FromString,
                     response_serializer=starling_dot_v1_dot_catalog__pb2.SearchMoviesResponse.SerializeToString,
+            ),
+            'ListPopularMovies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPopularMovies,
+                    request_deserializer=starling_dot_v1_dot_catalog__pb2.ListPopularMoviesRequest.FromString,
+                    response_serializer=starling_dot_v1_dot_catalog__pb2.ListPopularMoviesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +239,33 @@ class CatalogService:
             '/starling.v1.CatalogService/SearchMovies',
             starling_dot_v1_dot_catalog__pb2.SearchMoviesRequest.SerializeToString,
             starling_dot_v1_dot_catalog__pb2.SearchMoviesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPopularMovies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/starling.v1.CatalogService/ListPopularMovies',
+            starling_dot_v1_dot_catalog__pb2.ListPopularMoviesRequest.SerializeToString,
+            starling_dot_v1_dot_catalog__pb2.ListPopularMoviesResponse.FromString,
             options,
             channel_credentials,
             insecure,

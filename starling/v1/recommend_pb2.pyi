@@ -11,12 +11,27 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReasonKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REASON_KIND_UNSPECIFIED: _ClassVar[ReasonKind]
+    REASON_KIND_BECAUSE_YOU_LIKED: _ClassVar[ReasonKind]
+    REASON_KIND_POPULAR_IN_GENRE: _ClassVar[ReasonKind]
+    REASON_KIND_NEW_RELEASE: _ClassVar[ReasonKind]
+    REASON_KIND_POPULAR: _ClassVar[ReasonKind]
+    REASON_KIND_SIMILAR_TO: _ClassVar[ReasonKind]
+
 class FeedbackKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FEEDBACK_KIND_UNSPECIFIED: _ClassVar[FeedbackKind]
     FEEDBACK_KIND_RATING: _ClassVar[FeedbackKind]
     FEEDBACK_KIND_CLICK: _ClassVar[FeedbackKind]
     FEEDBACK_KIND_WATCH: _ClassVar[FeedbackKind]
+REASON_KIND_UNSPECIFIED: ReasonKind
+REASON_KIND_BECAUSE_YOU_LIKED: ReasonKind
+REASON_KIND_POPULAR_IN_GENRE: ReasonKind
+REASON_KIND_NEW_RELEASE: ReasonKind
+REASON_KIND_POPULAR: ReasonKind
+REASON_KIND_SIMILAR_TO: ReasonKind
 FEEDBACK_KIND_UNSPECIFIED: FeedbackKind
 FEEDBACK_KIND_RATING: FeedbackKind
 FEEDBACK_KIND_CLICK: FeedbackKind
@@ -33,20 +48,36 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[int] = ..., k: _Optional[int] = ..., context: _Optional[_Union[_common_pb2.RecommendContext, _Mapping]] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("movie_id", "title", "score", "channel", "genres", "release_year")
+    __slots__ = ("movie_id", "title", "score", "channel", "genres", "release_year", "reason", "match")
     MOVIE_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     GENRES_FIELD_NUMBER: _ClassVar[int]
     RELEASE_YEAR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
     movie_id: int
     title: str
     score: float
     channel: str
     genres: _containers.RepeatedScalarFieldContainer[str]
     release_year: int
-    def __init__(self, movie_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., channel: _Optional[str] = ..., genres: _Optional[_Iterable[str]] = ..., release_year: _Optional[int] = ...) -> None: ...
+    reason: Reason
+    match: float
+    def __init__(self, movie_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., channel: _Optional[str] = ..., genres: _Optional[_Iterable[str]] = ..., release_year: _Optional[int] = ..., reason: _Optional[_Union[Reason, _Mapping]] = ..., match: _Optional[float] = ...) -> None: ...
+
+class Reason(_message.Message):
+    __slots__ = ("kind", "because_movie_id", "genre", "text")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BECAUSE_MOVIE_ID_FIELD_NUMBER: _ClassVar[int]
+    GENRE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    kind: ReasonKind
+    because_movie_id: int
+    genre: str
+    text: str
+    def __init__(self, kind: _Optional[_Union[ReasonKind, str]] = ..., because_movie_id: _Optional[int] = ..., genre: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("items", "model_version", "request_id", "degraded")

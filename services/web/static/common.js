@@ -113,8 +113,9 @@ function metaLine(item) {
   return [item.release_year, item.genres.join(", ")].filter(Boolean).join(" · ") || "year and genres unknown";
 }
 
-// A recommended or similar movie: poster, title, year and genres, channel and score; rating buttons when
-// onRate is given (called with the movie and the rating).
+// A recommended, similar or popular movie: poster, title, year and genres; for recommendations also why
+// (reason) and how well it matches (0-100%, the raw score in the tooltip); a rating form when onRate is given
+// (called with the movie, the rating and the card).
 function movieCard(item, { userId = null, onRate = null } = {}) {
   const href = movieHref(item.movie_id, userId);
   const card = el(
@@ -123,27 +124,96 @@ function movieCard(item, { userId = null, onRate = null } = {}) {
     el("a", { href, class: "poster-link", tabindex: "-1" }, poster(item.title, item.release_year)),
     el("h3", {}, el("a", { href }, item.title)),
     el("p", { class: "meta" }, metaLine(item)),
-    el(
+  );
+  if (item.reason && item.reason.kind !== "similar_to") {
+    card.append(el("p", { class: `reason reason-${item.reason.kind}` }, item.reason.text));
+  }
+  if (item.channel) {
+    const badges = el(
       "p",
       { class: "badges" },
       el("span", { class: `badge channel-${item.channel}`, title: "recall channel" }, item.channel),
-      el("span", { class: "score", title: "ranking score" }, item.score.toFixed(3)),
+    );
+    if (item.match) {
+      badges.append(el("span", { class: "match", title: `ranking score ${item.score.toFixed(3)}` }, `${Math.round(item.match * 100)}% match`));
+    }
+    card.append(badges);
+  }
+  if (onRate) card.append(ratingForm(item.title, (rating) => onRate(item, rating, card)));
+  return card;
+}
+
+const RATINGS = [5, 4.5, 4, 3.5, 3, 2.5, 2, 1.5, 1, 0.5];
+
+// Half-star ratings as the API takes them (0.5..5): a labelled select and a button, usable by keyboard.
+function ratingForm(title, onRate, current = null) {
+  const select = el(
+    "select",
+    { name: "rating", "aria-label": `Your rating of ${title}` },
+    el("option", { value: "", disabled: "", selected: current === null ? "" : null }, "Rate…"),
+    ...RATINGS.map((value) =>
+      el("option", { value: String(value), selected: value === current ? "" : null }, `${starText(value)} ${value}`),
     ),
   );
-  if (onRate) {
-    const stars = el("div", { class: "rate", role: "group", "aria-label": `Rate ${item.title}` });
-    for (let rating = 1; rating <= 5; rating++) {
-      const button = el("button", { type: "button", "data-rating": rating, title: `Rate ${rating} of 5` }, "★");
-      button.addEventListener("click", () => onRate(item, rating, card));
-      stars.append(button);
-    }
-    card.append(stars);
-  }
-  return card;
+  const form = el("form", { class: "rate" }, select, el("button", { type: "submit" }, "Rate"));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!select.value) return select.focus();
+    onRate(Number(select.value));
+  });
+  return form;
+}
+
+function setBusy(container, busy) {
+  container.classList.toggle("pending", busy);
+  container.querySelectorAll("button, select").forEach((control) => (control.disabled = busy));
+}
+
+// The gateway accepts ratings only for the signed-in user (a SameSite session cookie): sign in as the page's
+// user once (open sign-in: the demo has no accounts).
+let session = null;
+function signIn(userId) {
+  session ??= api("/api/session", { method: "POST", body: JSON.stringify({ user_id: Number(userId) }) }).catch(
+    (err) => {
+      session = null;
+      throw err;
+    },
+  );
+  return session;
+}
+
+async function sendRating(userId, movieId, rating) {
+  await signIn(userId);
+  await api("/api/feedback", {
+    method: "POST",
+    body: JSON.stringify({ user_id: Number(userId), movie_id: movieId, rating }),
+  });
 }
 
 function starText(rating) {
   return "★".repeat(Math.floor(rating)) + (rating % 1 ? "½" : "");
+}
+
+// "Your ratings"-style list rows: a thumbnail, the title, year and genres, the stars and the date.
+function ratedRow(entry, userId) {
+  const href = movieHref(entry.movie.movie_id, userId);
+  return el(
+    "li",
+    { "data-movie-id": entry.movie.movie_id },
+    el("a", { href, tabindex: "-1" }, poster(entry.movie.title, null, { compact: true })),
+    el(
+      "div",
+      {},
+      el("a", { href, class: "title" }, entry.movie.title),
+      el("p", { class: "meta" }, metaLine(entry.movie)),
+      el(
+        "p",
+        { class: "stars", title: `${entry.rating} of 5` },
+        starText(entry.rating),
+        el("span", { class: "when" }, ` ${entry.rating} · ${new Date(entry.time_unix_ms).toLocaleDateString()}`),
+      ),
+    ),
+  );
 }
 
 // Header and home-page forms: <form data-go="/users/"> goes to /users/<typed id>.

@@ -1,9 +1,10 @@
-// The user page: "Recommended for you" with rating buttons, and the user's rated movies.
+// The user page: "Recommended for you" (why and how well each matches, with a rating form) and the user's
+// ratings, most recent first, a page at a time.
 "use strict";
 
 const userId = idFromPath();
 const RECOMMENDATIONS = 12;
-const RATED = 12;
+const RATED_PAGE = 12;
 
 document.getElementById("heading").textContent = `User ${userId}`;
 document.title = `Starling: user ${userId}`;
@@ -18,73 +19,60 @@ function renderRecommendations(reply) {
   document.getElementById("recommendations").replaceChildren(...cards);
 }
 
-function renderRated(reply) {
+// Shows the first ``shown`` ratings again (after a rating, the list is read anew), then "More" pages on.
+let shownRatings = RATED_PAGE;
+
+function renderRated(reply, append = false) {
   const list = document.getElementById("rated");
-  if (!reply.ratings.length) {
-    list.replaceChildren(el("li", { class: "empty" }, "No ratings yet: rate a recommendation."));
-    return;
-  }
-  list.replaceChildren(
-    ...reply.ratings.map((entry) =>
-      el(
-        "li",
-        { "data-movie-id": entry.movie.movie_id },
-        el("a", { href: movieHref(entry.movie.movie_id, userId), tabindex: "-1" }, poster(entry.movie.title, null, { compact: true })),
-        el(
-          "div",
-          {},
-          el("a", { href: movieHref(entry.movie.movie_id, userId), class: "title" }, entry.movie.title),
-          el("p", { class: "meta" }, metaLine(entry.movie)),
-          el(
-            "p",
-            { class: "stars", title: `${entry.rating} of 5` },
-            starText(entry.rating),
-            el("span", { class: "when" }, ` ${entry.rating} · ${new Date(entry.time_unix_ms).toLocaleDateString()}`),
-          ),
-        ),
-      ),
-    ),
-  );
+  const rows = reply.ratings.map((entry) => ratedRow(entry, userId));
+  if (append) list.append(...rows);
+  else list.replaceChildren(...rows);
+  if (!reply.total) list.replaceChildren(el("li", { class: "empty" }, "No ratings yet: rate a recommendation."));
+  const shown = list.querySelectorAll("li[data-movie-id]").length;
+  shownRatings = Math.max(shown, RATED_PAGE);
+  document.getElementById("rated-count").textContent = reply.total ? `${shown} of ${reply.total}` : "";
+  const more = document.getElementById("rated-more");
+  more.hidden = shown >= reply.total;
+}
+
+function ratingsPage(offset, limit) {
+  return api(`/api/users/${encodeURIComponent(userId)}/ratings?limit=${limit}&offset=${offset}`);
 }
 
 async function load() {
   const [recommended, rated] = await Promise.all([
     api(`/api/users/${encodeURIComponent(userId)}/recommendations?k=${RECOMMENDATIONS}`),
-    api(`/api/users/${encodeURIComponent(userId)}/ratings?limit=${RATED}`),
+    ratingsPage(0, shownRatings),
   ]);
   renderRecommendations(recommended);
   renderRated(rated);
   return recommended;
 }
 
-// The gateway accepts ratings only for the signed-in user (a SameSite session cookie): sign in as this page's
-// user once (open sign-in: the demo has no accounts).
-let session = null;
-function signIn() {
-  session ??= api("/api/session", { method: "POST", body: JSON.stringify({ user_id: Number(userId) }) }).catch(
-    (err) => {
-      session = null;
-      throw err;
-    },
-  );
-  return session;
-}
+document.getElementById("rated-more").addEventListener("click", async (event) => {
+  const button = event.currentTarget;
+  button.disabled = true;
+  try {
+    clearError();
+    const shown = document.querySelectorAll("#rated li[data-movie-id]").length;
+    renderRated(await ratingsPage(shown, RATED_PAGE), true);
+  } catch (err) {
+    showError(`Could not load more ratings: ${err.message}`);
+  } finally {
+    button.disabled = false;
+  }
+});
 
 // Send the rating, then reload both lists; the service applies feedback within about a second, so reload
 // until the rated movie has left the recommendations (a few tries).
 async function rate(item, rating, card) {
   const status = document.getElementById("status");
-  card.classList.add("pending");
-  card.querySelectorAll("button").forEach((button) => (button.disabled = true));
+  setBusy(card, true);
   document.body.dataset.state = "saving";
   status.textContent = `Saving ${rating} ★ for ${item.title}…`;
   try {
     clearError();
-    await signIn();
-    await api("/api/feedback", {
-      method: "POST",
-      body: JSON.stringify({ user_id: Number(userId), movie_id: item.movie_id, rating }),
-    });
+    await sendRating(userId, item.movie_id, rating);
     for (let attempt = 0; attempt < 8; attempt++) {
       const recommended = await load();
       if (!recommended.items.some((other) => other.movie_id === item.movie_id)) break;
@@ -94,8 +82,7 @@ async function rate(item, rating, card) {
     document.body.dataset.state = "ready";
   } catch (err) {
     status.textContent = "";
-    card.classList.remove("pending");
-    card.querySelectorAll("button").forEach((button) => (button.disabled = false));
+    setBusy(card, false);
     showError(`Could not rate ${item.title}: ${err.message}`);
   }
 }
