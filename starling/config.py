@@ -49,7 +49,8 @@ class Settings(BaseSettings):
 
     # --- training (training/loop.py, training/train.py) -----------------------------------------------------
     progress: bool = Field(
-        True, description="Show tqdm progress bars (only on a terminal); 0 turns them off."
+        True,
+        description="Progress of long steps on stderr: a tqdm bar on a terminal, one line per step otherwise; 0 turns both off.",
     )
     train_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Device for training: CUDA when available (auto), or forced."

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from starling.config import Settings, get_settings
 from starling.errors import StarlingError
+from starling.progress import progress
 
 if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
@@ -228,9 +229,14 @@ def materialize(workdir: Path, settings: Settings | None = None) -> MaterializeR
     end = max(datetime.now(UTC), _as_utc(newest) + timedelta(seconds=1))
 
     store = get_feature_store(workdir, settings)
-    with _online_store_errors(workdir, settings):
+    with (
+        _online_store_errors(workdir, settings),
+        progress("materialize", total=len(VIEW_FILES), unit="views") as step,
+    ):
         store.apply(list(definitions.values()))
-        store.materialize(start_date=start, end_date=end, feature_views=list(VIEW_FILES))
+        for view in VIEW_FILES:
+            store.materialize(start_date=start, end_date=end, feature_views=[view])
+            step.update(**{view: keys[view].height})
     return MaterializeReport(
         rows_per_view={view: frame.height for view, frame in keys.items()},
         seconds=time.perf_counter() - started,

@@ -16,7 +16,7 @@ from starling.features.bench import bench_features
 def test_bench_features_on_synthetic_ratings() -> None:
     result = CliRunner().invoke(cli, ["bench", "features", "--ratings", "20000"])
     assert result.exit_code == 0, result.output
-    measured = json.loads(result.output)
+    measured = json.loads(result.stdout)
     assert set(measured) == {"ratings", "users", "movies", "seconds", "peak_rss_mb", "source", "skipped_rows"}
     assert measured["source"] == "synthetic:20000" and measured["skipped_rows"] == 0
     assert measured["ratings"] > 0 and measured["users"] > 0 and measured["movies"] > 0

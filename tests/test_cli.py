@@ -36,3 +36,63 @@ def test_a_stack_that_is_down_gets_a_hint_not_a_grpc_error(free_port) -> None:
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 2
         assert f"nothing listens on {target} — run `starling up WORKDIR`" in result.output
+
+
+def _run(args: list[str], env: dict[str, str], stderr_tty: bool = False) -> tuple[int, str]:
+    """Run the real CLI in a subprocess; stderr to a pipe, or to a pseudo-terminal when ``stderr_tty``."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    command = [sys.executable, "-m", "starling", *args]
+    if not stderr_tty:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        return done.returncode, done.stderr
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal has a width
+    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=follower) as process:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        return process.wait(timeout=300), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_long_steps_report_progress_one_line_each_off_a_terminal_and_a_bar_on_one(tmp_path: Path) -> None:
+    from conftest import ML_LATEST_SMALL
+
+    env = {**os.environ, "STARLING_PROGRESS": "1"}
+    code, stderr = _run(
+        ["data", "ingest", str(ML_LATEST_SMALL), "--out", str(tmp_path), "--on-bad", "skip"], env
+    )
+    assert code == 0, stderr
+    ingest = [line for line in stderr.splitlines() if line.startswith("ingest: ")]
+    assert len(ingest) == 1 and " rows in " in ingest[0] and "rows/s" in ingest[0], stderr
+    assert "ratings 100,836" in ingest[0] and "movies 9,742" in ingest[0]
+    assert "\r" not in stderr, "no bar redraws in a log"
+
+    code, stderr = _run(["features", "build", str(tmp_path)], env)
+    assert code == 0, stderr
+    build = [line for line in stderr.splitlines() if line.startswith("features build: ")]
+    assert (
+        len(build) == 1
+        and build[0].startswith("features build: 5/5 stages in ")
+        and "ratings_per_s" in build[0]
+    )
+
+    code, stderr = _run(["features", "build", str(tmp_path)], {**env, "STARLING_PROGRESS": "0"})
+    assert code == 0 and "features build: " not in stderr
+
+    code, terminal = _run(["features", "build", str(tmp_path)], env, stderr_tty=True)
+    assert code == 0 and "features build:" in terminal and "stages/s]" in terminal, terminal[-2000:]

@@ -87,7 +87,7 @@ def test_evaluate_through_the_cli_on_synthetic_data(synthetic_features: Path, tm
     assert trained.exit_code == 0, trained.output
     result = runner.invoke(cli, ["evaluate", str(workdir), "--json"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads(result.output)
+    metrics = json.loads(result.stdout)
     assert {
         "all",
         "warm",

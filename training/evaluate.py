@@ -33,6 +33,7 @@ import polars as pl
 
 from starling.config import get_settings
 from starling.errors import StarlingError
+from starling.progress import progress
 from training.baselines import (
     GRIDS,
     RetrievalTask,
@@ -128,7 +129,11 @@ def run_pipeline(
     ranker = Ranker.build(artifact.model(), artifact.spec, snapshot)
     rules = load_rules(settings.rerank_rules) if settings.rerank_rules else load_rules()
     pipeline = OfflinePipeline(snapshot, ranker, rules, settings.recall_size)
-    served = [pipeline.recommend(int(u), LIST_SIZES[0], also=LIST_SIZES[1:]) for u in task.user_ids.tolist()]
+    served = []
+    with progress(f"evaluate {task.name}: served pipeline", total=len(task.user_ids), unit="users") as step:
+        for user in task.user_ids.tolist():  # one request per user, as the stack answers them
+            served.append(pipeline.recommend(int(user), LIST_SIZES[0], also=LIST_SIZES[1:]))
+            step.update()
     return PipelineRun({k: [s.lists[k] for s in served] for k in LIST_SIZES}, served)
 
 
@@ -289,10 +294,16 @@ def evaluate_protocol(
     fallback_valid = recent_popularity_vector(valid, popular.params["half_life_days"])
     per_method: dict[str, dict[str, np.ndarray]] = {}
     tuning: dict[str, Any] = {}
-    for name in BASELINES:
-        tuned = popular if name == "recent_popularity" else tune(name, valid, fallback_valid)
-        tuning[name] = {"chosen": tuned.params, "valid_ndcg@10": tuned.valid_ndcg, "grid": tuned.grid}
-        per_method[name] = per_user_metrics(test, baseline_scorer(name, test, tuned.params, fallback_test))
+    with progress(
+        f"evaluate {test.name}: tune and score baselines", total=len(BASELINES), unit="baselines"
+    ) as step:
+        for name in BASELINES:
+            tuned = popular if name == "recent_popularity" else tune(name, valid, fallback_valid)
+            tuning[name] = {"chosen": tuned.params, "valid_ndcg@10": tuned.valid_ndcg, "grid": tuned.grid}
+            per_method[name] = per_user_metrics(
+                test, baseline_scorer(name, test, tuned.params, fallback_test)
+            )
+            step.update(**{name: round(float(per_method[name]["ndcg@10"].mean()), 3)})
     run = run_pipeline(inputs, test, history)
     per_method["pipeline"] = list_metrics(test, run.lists)
     segments = {segment: {} for segment in SEGMENTS}

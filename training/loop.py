@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import random
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -20,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from starling.config import get_settings
+from starling.progress import Progress
 from training.ltr import EncodedGroups, group_rows
 from training.models.base import ModelConfig
 
@@ -67,11 +66,6 @@ def training_device() -> torch.device:
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(choice)
-
-
-def progress_enabled() -> bool:
-    """Progress bars only on a terminal, and not when STARLING_PROGRESS=0."""
-    return get_settings().progress and sys.stderr.isatty()
 
 
 @torch.no_grad()
@@ -143,12 +137,7 @@ def fit_ranking(
     best_state: dict[str, torch.Tensor] | None = None
     epochs_without_gain = 0
     started = time.perf_counter()
-    bar = tqdm(
-        total=config.max_epochs * batches_per_epoch,
-        desc=description,
-        unit="batch",
-        disable=not progress_enabled(),
-    )
+    bar = Progress(description, total=config.max_epochs * batches_per_epoch, unit="batches")
     for epoch in range(1, config.max_epochs + 1):
         epoch_started = time.perf_counter()
         model.train()
@@ -195,7 +184,7 @@ def fit_ranking(
             epoch, train_loss, valid_auc, None, time.perf_counter() - epoch_started, valid_ndcg=valid_ndcg
         )
         result.history.append(stats)
-        bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", valid_ndcg=f"{valid_ndcg:.4f}")
+        bar.update(0, epoch=epoch, loss=round(train_loss, 4), valid_ndcg=round(valid_ndcg, 4))
         if result.best_valid_ndcg is None or valid_ndcg > result.best_valid_ndcg:
             result.best_epoch, result.best_valid_ndcg, result.best_valid_auc = epoch, valid_ndcg, valid_auc
             best_state = copy.deepcopy(

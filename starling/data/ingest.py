@@ -23,6 +23,7 @@ from starling.data.movielens import load_source
 from starling.data.synthetic import generate_synthetic, parse_synthetic_source
 from starling.data.validation import check_on_bad, describe_counts
 from starling.errors import StarlingError
+from starling.progress import progress
 
 
 @dataclass
@@ -86,7 +87,9 @@ def ingest(source: str, out: Path, on_bad: str = "error") -> IngestReport:
         raise StarlingError(f"--out {out} exists and is not a directory")
     n_ratings = parse_synthetic_source(source)
     if n_ratings is not None:
-        stats = generate_synthetic(n_ratings, out)
+        with progress("ingest (synthetic)", unit="ratings") as step:
+            stats = generate_synthetic(n_ratings, out)
+            step.update(stats.n_ratings, users=stats.n_users, movies=stats.n_movies)
         _remove_stale_tables(out, present=())
         return IngestReport(
             source=source,
@@ -102,11 +105,13 @@ def ingest(source: str, out: Path, on_bad: str = "error") -> IngestReport:
         )
 
     directory = resolve_source(source)
-    loaded = load_source(directory, policy)
-    out.mkdir(parents=True, exist_ok=True)
-    for table, frame in loaded.tables.items():
-        write_parquet_atomic(to_canonical(frame, table), canonical_path(out, table))
-    _remove_stale_tables(out, present=tuple(loaded.tables))
+    with progress("ingest", unit="rows") as step:
+        loaded = load_source(directory, policy)
+        out.mkdir(parents=True, exist_ok=True)
+        for table, frame in loaded.tables.items():
+            write_parquet_atomic(to_canonical(frame, table), canonical_path(out, table))
+            step.update(frame.height, **{table: frame.height})
+        _remove_stale_tables(out, present=tuple(loaded.tables))
 
     ratings = loaded.tables["ratings"]
     return IngestReport(

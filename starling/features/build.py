@@ -40,6 +40,7 @@ from starling.features.spec import (
     fit_feature_spec,
 )
 from starling.features.split import SPLIT_NAMES, TRAIN, SplitConfig, SplitInfo, assign_split
+from starling.progress import progress
 
 __all__ = [
     "FeatureBuildReport",
@@ -291,45 +292,55 @@ def build_features(workdir: Path, split: SplitConfig | None = None) -> FeatureBu
     started = time.perf_counter()
     workdir = Path(workdir)
     split = split or SplitConfig()
-    ratings, movies = load_inputs(workdir)
-    catalog = Catalog.from_movies(movies)
-    del movies
-    computed = _compute(ratings, catalog, as_of_us=None)
-    split_codes, split_info = assign_split(
-        ratings["user_id"].to_numpy(),
-        _timestamps_us(ratings["event_timestamp"]),
-        ratings["movie_id"].to_numpy(),
-        split,
-    )
-    columns = _sample_columns(ratings, computed, split_codes)
-    if split_info.counts["train"] == 0:
-        raise StarlingError(f"{workdir}: the {split.kind} split left no ratings to train on")
-
-    out_dir = workdir / FEATURES_DIR
-    tmp_dir = workdir / f".{FEATURES_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    try:
-        _write_samples(tmp_dir / SAMPLES_FILE, columns, catalog.genre_names)
-        user_table, movie_table = _entity_tables(computed)
-        pq.write_table(user_table, tmp_dir / USER_FEATURES_FILE)
-        pq.write_table(movie_table, tmp_dir / MOVIE_FEATURES_FILE)
-        train_rows = np.flatnonzero(split_codes == TRAIN)
-        train = pl.from_arrow(
-            _arrow_table(
-                {name: columns[name].take(train_rows) for name in ("user_id", "movie_id", *NUMERIC_FIELDS)},
-                ["user_id", "movie_id", *NUMERIC_FIELDS],
-                catalog.genre_names,
-            )
+    with progress("features build", total=5, unit="stages") as step:
+        ratings, movies = load_inputs(workdir)
+        step.update(ratings=ratings.height)
+        catalog = Catalog.from_movies(movies)
+        del movies
+        computed = _compute(ratings, catalog, as_of_us=None)
+        step.update(users=len(computed.user_ids), movies=len(catalog.movie_ids))
+        split_codes, split_info = assign_split(
+            ratings["user_id"].to_numpy(),
+            _timestamps_us(ratings["event_timestamp"]),
+            ratings["movie_id"].to_numpy(),
+            split,
         )
-        spec = fit_feature_spec(train, genres=catalog.genre_names)
-        del train
-        spec.save(tmp_dir / SPEC_FILE)
-        split_json = {**split_info.to_json(), "like_threshold": get_settings().like_threshold}
-        (tmp_dir / SPLIT_FILE).write_text(json.dumps(split_json, indent=1))
-        _replace_dir(tmp_dir, out_dir)
-    finally:
+        columns = _sample_columns(ratings, computed, split_codes)
+        if split_info.counts["train"] == 0:
+            raise StarlingError(f"{workdir}: the {split.kind} split left no ratings to train on")
+        step.update(**split_info.counts)
+
+        out_dir = workdir / FEATURES_DIR
+        tmp_dir = workdir / f".{FEATURES_DIR}.tmp-{os.getpid()}"
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir(parents=True)
+        try:
+            _write_samples(tmp_dir / SAMPLES_FILE, columns, catalog.genre_names)
+            user_table, movie_table = _entity_tables(computed)
+            pq.write_table(user_table, tmp_dir / USER_FEATURES_FILE)
+            pq.write_table(movie_table, tmp_dir / MOVIE_FEATURES_FILE)
+            step.update()
+            train_rows = np.flatnonzero(split_codes == TRAIN)
+            train = pl.from_arrow(
+                _arrow_table(
+                    {
+                        name: columns[name].take(train_rows)
+                        for name in ("user_id", "movie_id", *NUMERIC_FIELDS)
+                    },
+                    ["user_id", "movie_id", *NUMERIC_FIELDS],
+                    catalog.genre_names,
+                )
+            )
+            spec = fit_feature_spec(train, genres=catalog.genre_names)
+            del train
+            spec.save(tmp_dir / SPEC_FILE)
+            split_json = {**split_info.to_json(), "like_threshold": get_settings().like_threshold}
+            (tmp_dir / SPLIT_FILE).write_text(json.dumps(split_json, indent=1))
+            _replace_dir(tmp_dir, out_dir)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        seconds = time.perf_counter() - started
+        step.update(ratings_per_s=round(ratings.height / max(seconds, 1e-9)))
     return FeatureBuildReport(
         out_dir=out_dir,
         samples=ratings.height,
