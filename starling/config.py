@@ -110,6 +110,21 @@ class Settings(BaseSettings):
     rerank_rules: Path | None = Field(
         None, description="Re-ranking rules YAML; default services/rerank/rules.yaml."
     )
+    experiments: Path | None = Field(
+        None,
+        description="Experiments YAML (A/B and interleaving arms), re-read on change; default "
+        "services/recommend/experiments.yaml.",
+    )
+    experiments_poll_s: float = Field(1.0, description="How often recommend checks the experiments file.")
+    exposure_log: bool = Field(
+        True, description="Append every served list to WORKDIR/events/exposures (experiment reports, replay)."
+    )
+    exposure_fsync: bool = Field(
+        False,
+        description="fsync each exposure record (survives a machine crash, not only a killed process).",
+    )
+    exposure_segment_mb: int = Field(64, description="Rotate an exposure log file past this size.")
+    exposure_max_segments: int = Field(64, description="Exposure log files kept (the oldest are deleted).")
 
     # --- authentication (starling/auth.py, services/common/auth.py) -------------------------------------------
     api_keys_file: Path | None = Field(

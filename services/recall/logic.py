@@ -15,6 +15,7 @@ service and the offline evaluation (training/replay.py) both call :func:`recall`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,9 +129,10 @@ def scored_channel(name: str, scores: np.ndarray | None, eligible: np.ndarray, n
     return ChannelResult(name, candidates, scores[candidates].astype(np.float32))
 
 
-def ann_limit(model: RecallModel, eligible: np.ndarray) -> int:
+def ann_limit(model: RecallModel, eligible: np.ndarray, quotas: Mapping[str, int] | None = None) -> int:
     """How many nearest vectors to ask the index for: the quota plus every ineligible movie with a vector."""
-    return model.params.quotas.get("embedding", 0) + int((model.has_vector & ~eligible).sum())
+    quotas = model.params.quotas if quotas is None else quotas
+    return quotas.get("embedding", 0) + int((model.has_vector & ~eligible).sum())
 
 
 def exact_nearest(model: RecallModel, query: np.ndarray, limit: int) -> np.ndarray:
@@ -145,7 +147,7 @@ def exact_nearest(model: RecallModel, query: np.ndarray, limit: int) -> np.ndarr
 
 
 def embedding_channel(
-    model: RecallModel, query: np.ndarray | None, hit_rows: np.ndarray, eligible: np.ndarray
+    model: RecallModel, query: np.ndarray | None, hit_rows: np.ndarray, eligible: np.ndarray, quota: int
 ) -> ChannelResult:
     """Nearest-neighbour hits (catalog rows; -1 = unknown) re-scored exactly here, so that the index's float
     arithmetic never decides the order: online and offline give the same channel."""
@@ -154,7 +156,7 @@ def embedding_channel(
     rows = np.unique(hit_rows[hit_rows >= 0])
     rows = rows[eligible[rows] & model.has_vector[rows]]
     scores = model.vectors[rows] @ query
-    order = np.lexsort((rows, -scores))[: model.params.quotas.get("embedding", 0)]
+    order = np.lexsort((rows, -scores))[:quota]
     return ChannelResult("embedding", rows[order], scores[order].astype(np.float32))
 
 
@@ -176,14 +178,16 @@ def recall(
     n: int,
     scores: ChannelScores,
     ann_rows: np.ndarray,
+    quotas: Mapping[str, int] | None = None,
 ) -> RecallResult:
     """Candidates for one user: every channel, merged with quotas to at most ``n`` rows, with features.
 
     ``scores`` come from :func:`channel_scores`; ``ann_rows`` are the vector index's hits for
     ``scores.user_vector`` (ask for :func:`ann_limit` of them). Users without history get the popular list
-    only (the cold-start list, shaped by the request's genres through ``eligible``).
+    only (the cold-start list, shaped by the request's genres through ``eligible``). ``quotas`` replace the
+    recall state's per-channel quotas (an experiment's arm).
     """
-    quotas = model.params.quotas
+    quotas = model.params.quotas if quotas is None else quotas
     channels = [ordered_channel("popular", model.popularity_order, model.popular_score, eligible, n)]
     if profile.is_known:
         genres = top_genres(model, profile)
@@ -197,7 +201,7 @@ def recall(
         channels += [
             scored_channel("ease", scores.ease, eligible, quotas.get("ease", 0)),
             scored_channel("item2item", scores.item2item, eligible, quotas.get("item2item", 0)),
-            embedding_channel(model, scores.user_vector, ann_rows, eligible),
+            embedding_channel(model, scores.user_vector, ann_rows, eligible, quotas.get("embedding", 0)),
             ordered_channel(
                 "new",
                 model.new_release_order,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from services.common.history import UserHistory
 from services.common.server import run_service
 from services.recall.features import channel_scores, user_profile
 from services.recall.logic import (
+    CHANNEL_PRIORITY,
     ChannelResult,
     ann_limit,
     nearest_channel,
@@ -155,19 +157,16 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         excluded_pos = model.positions(excluded)
         eligible[excluded_pos[excluded_pos >= 0]] = False
 
+        quotas = {**model.params.quotas, **checked_quotas(request.quotas)}
         profile = user_profile(model, *self.history.latest(user_id), self.settings.like_threshold)
         scores = channel_scores(model, profile)
         ann_rows = np.empty(0, dtype=np.int64)
-        if (
-            scores.user_vector is not None
-            and serving.index is not None
-            and model.params.quotas.get("embedding")
-        ):
-            limit = ann_limit(model, eligible) + ANN_MARGIN
+        if scores.user_vector is not None and serving.index is not None and quotas.get("embedding"):
+            limit = ann_limit(model, eligible, quotas) + ANN_MARGIN
             ann_rows = await self._nearest(
                 serving.index, model, scores.user_vector, limit, context.time_remaining()
             )
-        result = recall(model, profile, eligible, n, scores, ann_rows)
+        result = recall(model, profile, eligible, n, scores, ann_rows, quotas)
         return recall_pb2.RecallResponse(
             movie_ids=model.movie_ids[result.rows].tolist(),
             scores=result.scores.tolist(),
@@ -213,6 +212,17 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
             scores=result.scores.tolist(),
             found=True,
         )
+
+
+def checked_quotas(quotas: Mapping[str, int]) -> dict[str, int]:
+    """Per-request channel quotas (an experiment's arm): known channels, 0..MAX_RECALL each."""
+    unknown = sorted(set(quotas) - set(CHANNEL_PRIORITY))
+    if unknown:
+        raise InvalidArgument(f"quotas: unknown channel(s) {unknown}; known: {', '.join(CHANNEL_PRIORITY)}")
+    bad = {name: n for name, n in quotas.items() if not 0 <= n <= MAX_RECALL}
+    if bad:
+        raise InvalidArgument(f"quotas: {bad} outside 0..{MAX_RECALL}")
+    return dict(quotas)
 
 
 def _append_new(first: ChannelResult, more: ChannelResult, k: int) -> ChannelResult:

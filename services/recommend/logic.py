@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -97,6 +99,54 @@ def top_k_by_score(movie_ids: np.ndarray, scores: np.ndarray, k: int) -> np.ndar
     return np.lexsort((movie_ids, -scores.astype(np.float64)))[:k]
 
 
+@dataclass
+class ServedList:
+    """One arm's answer after re-ranking, with what the response needs beside the ids."""
+
+    movie_ids: np.ndarray
+    scores: np.ndarray
+    channels: np.ndarray
+    because_ids: np.ndarray  # recall's evidence per item (0: none)
+    candidate_scores: np.ndarray  # every ranked candidate's score (the match scale)
+    user_genres: list[str]
+    recall_answered: bool
+    model_version: str
+
+
+def random_order_scores(n: int, request_id: str) -> np.ndarray:
+    """Scores that put the candidates in a random order, fixed by the request id (the deliberately worse
+    ``ranker: random`` arm of an experiment)."""
+    rng = np.random.default_rng(int(request_id[:16], 16))
+    return (1.0 - rng.permutation(n) / max(n, 1)).astype(np.float32)
+
+
+def unique_degradations(degraded: list[common_pb2.Degradation]) -> list[common_pb2.Degradation]:
+    """Each (stage, reason) once (two arms of an interleaving experiment may fall back alike)."""
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for entry in degraded:
+        if (entry.stage, entry.reason) not in seen:
+            seen.add((entry.stage, entry.reason))
+            unique.append(entry)
+    return unique
+
+
+def exposure_record(
+    request_id: str, req: ValidRequest, response: recommend_pb2.RecommendResponse, arms: np.ndarray
+) -> dict[str, Any]:
+    """The exposure log's record of a served list (starling/exposures.py)."""
+    return {
+        "request_id": request_id,
+        "time_us": time.time_ns() // 1000,
+        "user_id": req.user_id,
+        "k": req.k,
+        "model_version": response.model_version,
+        "experiments": [{"experiment": e.experiment, "arm": e.arm} for e in response.experiments],
+        "items": [item.movie_id for item in response.items],
+        "item_arms": arms.tolist(),
+    }
+
+
 def because_of_recall(because_movie_ids: list[int] | np.ndarray, n: int) -> np.ndarray:
     """Recall's evidence per candidate; zeros when absent or of another length (an older recall)."""
     because = np.asarray(because_movie_ids, dtype=np.int64)
@@ -121,10 +171,12 @@ def build_items(
     channels: np.ndarray,
     reasons: list[recommend_pb2.Reason],
     matches: np.ndarray | None = None,
+    arms: np.ndarray | None = None,
 ) -> list[recommend_pb2.RecommendedItem]:
     """Response items with titles, genres and years from the catalog (one message per returned movie)."""
     pos = catalog.positions(movie_ids)
     matches = np.zeros(len(movie_ids), np.float32) if matches is None else matches
+    arms = np.full(len(movie_ids), "", dtype=object) if arms is None else arms
     return [
         recommend_pb2.RecommendedItem(
             movie_id=int(movie_id),
@@ -135,14 +187,16 @@ def build_items(
             release_year=int(catalog.release_years[p]) if p >= 0 else 0,
             reason=reason,
             match=float(match),
+            arm=str(arm),
         )
-        for movie_id, p, score, channel, reason, match in zip(
+        for movie_id, p, score, channel, reason, match, arm in zip(
             movie_ids.tolist(),
             pos.tolist(),
             scores.tolist(),
             channels.tolist(),
             reasons,
             matches.tolist(),
+            arms.tolist(),
             strict=True,
         )
     ]

@@ -39,29 +39,44 @@ from services.common.observability import MODEL_INFO, STAGE_FALLBACKS, STAGE_LAT
 from services.common.server import AdminServer, RunningService, run_service
 from services.recommend.catalog import CatalogServicer
 from services.recommend.dependencies import DependencyMonitor, grpc_health_probe
+from services.recommend.experiments import (
+    ExperimentsWatcher,
+    Overrides,
+    assign,
+    checked_forced_arms,
+    serving_plan,
+)
 from services.recommend.feedback import FeedbackRecorder
+from services.recommend.interleaving import interleave
 from services.recommend.logic import (
     Ranked,
+    ServedList,
+    ValidRequest,
     because_of_recall,
     build_items,
     candidate_feature_matrix,
     cold_start_channels,
+    exposure_record,
     lookup,
     popular_fallback,
+    random_order_scores,
     recall_order_scores,
     top_k_by_score,
+    unique_degradations,
     uses_ranker,
     validate_recommend,
 )
 from services.recommend.reasons import item_reasons, match_shares, similar_reason
 from starling.config import Settings, get_settings, stage_target
 from starling.events import MOVIE_STREAM, RATING_STREAM, EventFollower, compact
+from starling.exposures import ExposureLog, exposure_dir
 from starling.featurestore import get_feature_store
 from starling.v1 import (
     candidates_pb2,
     candidates_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
+    common_pb2,
     recall_pb2,
     recall_pb2_grpc,
     recommend_pb2,
@@ -112,6 +127,17 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         self.settings = settings
         self.feedback = feedback
         self.set_catalog(catalog)
+        self.experiments = ExperimentsWatcher(settings.experiments)
+        self.exposures = (
+            ExposureLog(
+                exposure_dir(settings.workdir),
+                settings.exposure_segment_mb * 1024 * 1024,
+                settings.exposure_max_segments,
+                settings.exposure_fsync,
+            )
+            if settings.exposure_log
+            else None
+        )
         self.channels = {
             stage: grpc.aio.insecure_channel(
                 stage_target(settings, stage), options=list(STAGE_CHANNEL_OPTIONS)
@@ -145,12 +171,20 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
 
     async def Recommend(self, request: recommend_pb2.RecommendRequest, context: grpc.aio.ServicerContext):
         req = validate_recommend(request, self.catalog)
+        config = self.experiments.config
+        forced = checked_forced_arms(request.context.force_arms, config)
+        if forced:
+            log.warning(
+                "experiment arms forced by the request", extra={"user_id": req.user_id, "arms": forced}
+            )
+        assignments = assign(config, req.user_id, forced)
+        plan = serving_plan(assignments)
         request_id = uuid.uuid4().hex
         timings: dict[str, float] = {}
         STAGE_TIMINGS.set(timings)
-        ranked = Ranked(np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, object))
+        degraded = Ranked(np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, object))
 
-        # 1. candidates: the eligible pool, as exclusions + genre filter.
+        # 1. candidates: the eligible pool, as exclusions + genre filter (shared by every arm).
         try:
             pool = await _timed(
                 "candidates",
@@ -161,8 +195,66 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             )
             excluded, known_user = np.asarray(pool.excluded_movie_ids, dtype=np.int64), pool.known_user
         except StageFailed as exc:
-            self._fallback(ranked, "candidates", f"{exc}; excluded only the request's exclusions")
+            self._fallback(degraded, "candidates", f"{exc}; excluded only the request's exclusions")
             excluded, known_user = req.excluded, True
+
+        # 2-4. recall, ranker, rerank: once, or once per arm of an interleaving experiment.
+        served = await asyncio.gather(
+            *(
+                self._serve_arm(req, request, context, excluded, known_user, overrides, request_id, degraded)
+                for overrides in plan.arm_overrides
+            )
+        )
+        if plan.interleaving is None:
+            final, arms = served[0], np.full(len(served[0].movie_ids), "", dtype=object)
+        else:
+            final, arms = interleave(served, plan.interleaving, req.k, request_id)
+
+        context.set_trailing_metadata(
+            ((STAGE_TIMINGS_KEY, ",".join(f"{stage}={ms:.3f}" for stage, ms in timings.items())),)
+        )
+        reasons = item_reasons(
+            self.catalog,
+            final.movie_ids,
+            final.channels,
+            final.because_ids,
+            genre_preference=final.user_genres or list(req.genres),
+            recall_answered=final.recall_answered,
+        )
+        response = recommend_pb2.RecommendResponse(
+            items=build_items(
+                self.catalog,
+                final.movie_ids,
+                final.scores,
+                final.channels,
+                reasons,
+                match_shares(final.scores, final.candidate_scores),
+                arms,
+            ),
+            model_version=final.model_version,
+            request_id=request_id,
+            degraded=unique_degradations(degraded.degraded),
+            experiments=[common_pb2.ExperimentArm(experiment=e, arm=a) for e, a in plan.reported],
+        )
+        if self.exposures is not None:
+            self.exposures.append(exposure_record(request_id, req, response, arms))
+        return response
+
+    async def _serve_arm(
+        self,
+        req: ValidRequest,
+        request: recommend_pb2.RecommendRequest,
+        context: grpc.aio.ServicerContext,
+        excluded: np.ndarray,
+        known_user: bool,
+        overrides: Overrides,
+        request_id: str,
+        degraded: Ranked,
+    ) -> ServedList:
+        """Recall, rank and re-rank for one arm (``overrides``: the arm's knobs); stage failures fall back and
+        are recorded on ``degraded``."""
+        ranked = Ranked(np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, object))
+        ranked.degraded = degraded.degraded
 
         # 2. recall: about 500 candidates from several channels.
         try:
@@ -171,9 +263,10 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 self.recall.Recall(
                     recall_pb2.RecallRequest(
                         user_id=req.user_id,
-                        n=self.settings.recall_size,
+                        n=overrides.recall_size or self.settings.recall_size,
                         excluded_movie_ids=excluded.tolist(),
                         genres=list(req.genres),
+                        quotas=dict(overrides.recall_quotas or {}),
                     ),
                     timeout=self._budget(context, "recall"),
                 ),
@@ -190,7 +283,11 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             self._fallback(ranked, "recall", f"{exc}; served popular movies")
             user_genres, candidate_features, recall_answered = [], None, False
             ranked.movie_ids, _ = popular_fallback(
-                self.catalog, self.popularity_order, excluded, req.genres, self.settings.recall_size
+                self.catalog,
+                self.popularity_order,
+                excluded,
+                req.genres,
+                overrides.recall_size or self.settings.recall_size,
             )
             ranked.channels = np.full(len(ranked.movie_ids), "popular", dtype=object)
             ranked.because_ids = np.zeros(len(ranked.movie_ids), dtype=np.int64)
@@ -200,11 +297,16 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         # recall's order (recent popularity). Without recall's features (recall down) nothing can be ranked.
         model_version = ""
         ranked.scores = recall_order_scores(len(ranked.movie_ids))
-        if len(ranked.movie_ids) and uses_ranker(known_user) and candidate_features is None:
+        mode = overrides.ranker or "model"
+        if mode == "random" and len(ranked.movie_ids):
+            ranked.scores = random_order_scores(len(ranked.movie_ids), request_id)
+        elif mode == "recall_order" or not len(ranked.movie_ids) or not uses_ranker(known_user):
+            pass
+        elif candidate_features is None:
             self._fallback(
                 ranked, "ranker", "skipped: no candidate features from recall; served recall order"
             )
-        elif len(ranked.movie_ids) and uses_ranker(known_user):
+        else:
             try:
                 scores, model_version, features_found = await self._rank(
                     req.user_id, ranked.movie_ids, candidate_features, context
@@ -220,52 +322,46 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             except StageFailed as exc:
                 self._fallback(ranked, "ranker", f"{exc}; served recall order")
 
-        # 4. rerank: freshness, popularity, diversity.
-        try:
-            reranked = await _timed(
-                "rerank",
-                self.rerank.Rerank(
-                    rerank_pb2.RerankRequest(
-                        user_id=req.user_id,
-                        k=req.k,
-                        movie_ids=ranked.movie_ids.tolist(),
-                        scores=ranked.scores.tolist(),
-                        channels=ranked.channels.tolist(),
-                        time=request.context.time if request.context.HasField("time") else None,
-                        user_genres=user_genres,
+        # 4. rerank: freshness, popularity, diversity (an arm may turn it off: top k by score).
+        final_ids = final_scores = final_channels = None
+        if overrides.rerank is not False:
+            try:
+                reranked = await _timed(
+                    "rerank",
+                    self.rerank.Rerank(
+                        rerank_pb2.RerankRequest(
+                            user_id=req.user_id,
+                            k=req.k,
+                            movie_ids=ranked.movie_ids.tolist(),
+                            scores=ranked.scores.tolist(),
+                            channels=ranked.channels.tolist(),
+                            time=request.context.time if request.context.HasField("time") else None,
+                            user_genres=user_genres,
+                        ),
+                        timeout=self._budget(context, "rerank"),
                     ),
-                    timeout=self._budget(context, "rerank"),
-                ),
-            )
-            final_ids = np.asarray(reranked.movie_ids, dtype=np.int64)
-            final_scores = np.asarray(reranked.scores, dtype=np.float32)
-            final_channels = np.asarray(reranked.channels, dtype=object)
-        except StageFailed as exc:
-            self._fallback(ranked, "rerank", f"{exc}; served top k by score")
+                )
+                final_ids = np.asarray(reranked.movie_ids, dtype=np.int64)
+                final_scores = np.asarray(reranked.scores, dtype=np.float32)
+                final_channels = np.asarray(reranked.channels, dtype=object)
+            except StageFailed as exc:
+                self._fallback(ranked, "rerank", f"{exc}; served top k by score")
+        if final_ids is None:
             top = top_k_by_score(ranked.movie_ids, ranked.scores, req.k)
             final_ids, final_scores, final_channels = (
                 ranked.movie_ids[top],
                 ranked.scores[top],
                 ranked.channels[top],
             )
-
-        context.set_trailing_metadata(
-            ((STAGE_TIMINGS_KEY, ",".join(f"{stage}={ms:.3f}" for stage, ms in timings.items())),)
-        )
-        reasons = item_reasons(
-            self.catalog,
-            final_ids,
-            final_channels,
-            lookup(final_ids, ranked.movie_ids, ranked.because_ids),
-            genre_preference=user_genres or list(req.genres),
+        return ServedList(
+            movie_ids=final_ids,
+            scores=final_scores,
+            channels=final_channels,
+            because_ids=lookup(final_ids, ranked.movie_ids, ranked.because_ids),
+            candidate_scores=ranked.scores,
+            user_genres=user_genres,
             recall_answered=recall_answered,
-        )
-        matches = match_shares(final_scores, ranked.scores)
-        return recommend_pb2.RecommendResponse(
-            items=build_items(self.catalog, final_ids, final_scores, final_channels, reasons, matches),
             model_version=model_version,
-            request_id=request_id,
-            degraded=ranked.degraded,
         )
 
     async def _rank(
@@ -413,6 +509,9 @@ def main() -> None:
             every(settings.event_poll_s * 5, recorder.retry_pending)
         )
         recommend.compact_task = asyncio.get_running_loop().create_task(every(60.0, compact_event_log))
+        recommend.experiments_task = asyncio.get_running_loop().create_task(
+            every(settings.experiments_poll_s, recommend.experiments.poll)
+        )
         recommend.catalog_task = start_following_catalog(
             settings.workdir, catalog.apply_movies, settings.event_poll_s, catalog.movie_events
         )

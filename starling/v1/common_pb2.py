@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18starling/v1/common.proto\x12\x0bstarling.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\x10RecommendContext\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06genres\x18\x02 \x03(\t\x12\x19\n\x11\x65xclude_movie_ids\x18\x03 \x03(\x03\",\n\x0b\x44\x65gradation\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18starling/v1/common.proto\x12\x0bstarling.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x01\n\x10RecommendContext\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06genres\x18\x02 \x03(\t\x12\x19\n\x11\x65xclude_movie_ids\x18\x03 \x03(\x03\x12.\n\nforce_arms\x18\x04 \x03(\x0b\x32\x1a.starling.v1.ExperimentArm\"0\n\rExperimentArm\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t\",\n\x0b\x44\x65gradation\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'starling.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECOMMENDCONTEXT']._serialized_start=74
-  _globals['_RECOMMENDCONTEXT']._serialized_end=177
-  _globals['_DEGRADATION']._serialized_start=179
-  _globals['_DEGRADATION']._serialized_end=223
+  _globals['_RECOMMENDCONTEXT']._serialized_start=75
+  _globals['_RECOMMENDCONTEXT']._serialized_end=226
+  _globals['_EXPERIMENTARM']._serialized_start=228
+  _globals['_EXPERIMENTARM']._serialized_end=276
+  _globals['_DEGRADATION']._serialized_start=278
+  _globals['_DEGRADATION']._serialized_end=322
 # @@protoc_insertion_point(module_scope)

@@ -1,22 +1,31 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecallRequest(_message.Message):
-    __slots__ = ("user_id", "n", "excluded_movie_ids", "genres")
+    __slots__ = ("user_id", "n", "excluded_movie_ids", "genres", "quotas")
+    class QuotasEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
     GENRES_FIELD_NUMBER: _ClassVar[int]
+    QUOTAS_FIELD_NUMBER: _ClassVar[int]
     user_id: int
     n: int
     excluded_movie_ids: _containers.RepeatedScalarFieldContainer[int]
     genres: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, user_id: _Optional[int] = ..., n: _Optional[int] = ..., excluded_movie_ids: _Optional[_Iterable[int]] = ..., genres: _Optional[_Iterable[str]] = ...) -> None: ...
+    quotas: _containers.ScalarMap[str, int]
+    def __init__(self, user_id: _Optional[int] = ..., n: _Optional[int] = ..., excluded_movie_ids: _Optional[_Iterable[int]] = ..., genres: _Optional[_Iterable[str]] = ..., quotas: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class RecallResponse(_message.Message):
     __slots__ = ("movie_ids", "scores", "channels", "user_has_embedding", "user_top_genres", "features", "feature_names", "model_version", "because_movie_ids")

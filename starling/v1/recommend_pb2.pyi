@@ -48,7 +48,7 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[int] = ..., k: _Optional[int] = ..., context: _Optional[_Union[_common_pb2.RecommendContext, _Mapping]] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("movie_id", "title", "score", "channel", "genres", "release_year", "reason", "match")
+    __slots__ = ("movie_id", "title", "score", "channel", "genres", "release_year", "reason", "match", "arm")
     MOVIE_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class RecommendedItem(_message.Message):
     RELEASE_YEAR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MATCH_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
     movie_id: int
     title: str
     score: float
@@ -65,7 +66,8 @@ class RecommendedItem(_message.Message):
     release_year: int
     reason: Reason
     match: float
-    def __init__(self, movie_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., channel: _Optional[str] = ..., genres: _Optional[_Iterable[str]] = ..., release_year: _Optional[int] = ..., reason: _Optional[_Union[Reason, _Mapping]] = ..., match: _Optional[float] = ...) -> None: ...
+    arm: str
+    def __init__(self, movie_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., channel: _Optional[str] = ..., genres: _Optional[_Iterable[str]] = ..., release_year: _Optional[int] = ..., reason: _Optional[_Union[Reason, _Mapping]] = ..., match: _Optional[float] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("kind", "because_movie_id", "genre", "text")
@@ -80,16 +82,18 @@ class Reason(_message.Message):
     def __init__(self, kind: _Optional[_Union[ReasonKind, str]] = ..., because_movie_id: _Optional[int] = ..., genre: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "request_id", "degraded")
+    __slots__ = ("items", "model_version", "request_id", "degraded", "experiments")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: str
     request_id: str
     degraded: _containers.RepeatedCompositeFieldContainer[_common_pb2.Degradation]
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ..., degraded: _Optional[_Iterable[_Union[_common_pb2.Degradation, _Mapping]]] = ...) -> None: ...
+    experiments: _containers.RepeatedCompositeFieldContainer[_common_pb2.ExperimentArm]
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ..., degraded: _Optional[_Iterable[_Union[_common_pb2.Degradation, _Mapping]]] = ..., experiments: _Optional[_Iterable[_Union[_common_pb2.ExperimentArm, _Mapping]]] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("movie_id", "k")

@@ -1,0 +1,64 @@
+"""``starling experiment``: reports of online experiments from the exposure log (registered in starling/cli.py).
+
+Transport only: the command parses options, reads the experiments config and calls
+:func:`training.experiment_report.experiment_report`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from starling.errors import StarlingError
+
+
+class _Group(click.Group):
+    """Reports :class:`StarlingError` as ``error: ...`` with exit code 2 (as starling/cli.py's groups do)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except StarlingError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group)
+def experiment() -> None:
+    """Online experiments: A/B and interleaving reports from the exposure log and feedback."""
+
+
+@experiment.command("report")
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the report object as JSON instead of text.")
+@click.option(
+    "--window-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=7.0,
+    show_default=True,
+    help="Feedback counts for an exposure at most this long after it.",
+)
+def experiment_report(workdir: Path, name: str, as_json: bool, window_days: float) -> None:
+    """Report experiment NAME from WORKDIR's exposure log and feedback: per-arm rates with 95% intervals and
+    tests against the control plus a sample-ratio-mismatch check (A/B), or wins, losses and a sign test
+    (interleaving); the plot goes to WORKDIR/reports/experiment-NAME.png."""
+    from services.recommend.experiments import load_config
+    from starling.config import get_settings
+    from training.experiment_report import experiment_report as run
+    from training.experiment_report import format_report
+
+    settings = get_settings()
+    definition = load_config(getattr(settings, "experiments", None)).by_name.get(name)
+    shares = {arm.name: arm.share for arm in definition.arms} if definition else None
+    report = run(
+        workdir,
+        name,
+        expected_shares=shares,
+        kind=definition.kind if definition else None,
+        window_days=window_days,
+        like_threshold=settings.like_threshold,
+    )
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
