@@ -181,9 +181,46 @@ def train(
 @cli.command("evaluate")
 @click.argument("workdir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics object as JSON instead of a table.")
-def evaluate(workdir: Path, as_json: bool) -> None:
+@click.option(
+    "--replay",
+    is_flag=True,
+    help="Replay experiment arms over the test period's likes instead (the check before going live).",
+)
+@click.option(
+    "--experiment", default=None, help="--replay: the experiment whose arms to replay (default: the first)."
+)
+@click.option("--arms", default=None, help="--replay: arm names, comma-separated, from the experiments file.")
+@click.option(
+    "--k", "k", type=click.IntRange(1, 500), default=10, show_default=True, help="--replay: list length."
+)
+@click.option(
+    "--max-events",
+    type=click.IntRange(1),
+    default=2000,
+    show_default=True,
+    help="--replay: likes replayed at most.",
+)
+def evaluate(
+    workdir: Path,
+    as_json: bool,
+    replay: bool,
+    experiment: str | None,
+    arms: str | None,
+    k: int,
+    max_events: int,
+) -> None:
     """The served pipeline (replayed offline) against tuned baselines on the test period: all, warm and cold
-    users, bootstrap intervals, recall coverage, per-stage quality, the goals, and leave-last-out."""
+    users, bootstrap intervals, recall coverage, per-stage quality, the goals, and leave-last-out. With
+    --replay: each experiment arm's hit rate over the test period's likes, each asked as of its moment."""
+    if replay:
+        from training.replay_experiment import format_replay, replay_arms
+
+        names = [name.strip() for name in arms.split(",") if name.strip()] if arms else None
+        result = replay_arms(workdir, experiment, names, k=k, max_events=max_events)
+        click.echo(json.dumps(result, indent=2) if as_json else format_replay(result))
+        return
+    if experiment or arms:
+        raise click.UsageError("--experiment and --arms go with --replay")
     from training.evaluate import evaluate as run
     from training.evaluate import format_table
 
@@ -426,6 +463,18 @@ def demo(workdir: Path, dataset: str) -> None:
     from starling.demo import run_demo
 
     run_demo(workdir, dataset)
+
+
+def _register_subcommands() -> None:
+    """Command groups that live in their own modules."""
+    from starling.experiment_cli import experiment
+    from starling.simulate import simulate
+
+    cli.add_command(experiment)
+    cli.add_command(simulate)
+
+
+_register_subcommands()
 
 
 def main() -> None:

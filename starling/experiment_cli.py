@@ -41,7 +41,14 @@ def experiment() -> None:
     show_default=True,
     help="Feedback counts for an exposure at most this long after it.",
 )
-def experiment_report(workdir: Path, name: str, as_json: bool, window_days: float) -> None:
+@click.option(
+    "--users-needed",
+    is_flag=True,
+    help="Also estimate how many users a significant result (p < 0.05) needs with 80% power (bootstrap).",
+)
+def experiment_report(
+    workdir: Path, name: str, as_json: bool, window_days: float, users_needed: bool
+) -> None:
     """Report experiment NAME from WORKDIR's exposure log and feedback: per-arm rates with 95% intervals and
     tests against the control plus a sample-ratio-mismatch check (A/B), or wins, losses and a sign test
     (interleaving); the plot goes to WORKDIR/reports/experiment-NAME.png."""
@@ -51,7 +58,7 @@ def experiment_report(workdir: Path, name: str, as_json: bool, window_days: floa
     from training.experiment_report import format_report
 
     settings = get_settings()
-    definition = load_config(getattr(settings, "experiments", None)).by_name.get(name)
+    definition = load_config(settings.experiments).by_name.get(name)
     shares = {arm.name: arm.share for arm in definition.arms} if definition else None
     report = run(
         workdir,
@@ -61,4 +68,16 @@ def experiment_report(workdir: Path, name: str, as_json: bool, window_days: floa
         window_days=window_days,
         like_threshold=settings.like_threshold,
     )
-    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    if users_needed:
+        from training.experiment_report import users_needed as find_users_needed
+
+        report["users_needed"] = find_users_needed(
+            workdir, name, shares, window_days=window_days, like_threshold=settings.like_threshold
+        )
+    text = format_report(report)
+    if users_needed and not as_json:
+        needed = report["users_needed"]
+        found = needed["users_needed"] or f"more than {needed['tried'][-1]['users']}"
+        powers = ", ".join(f"{t['users']}: {t['power']:.0%}" for t in needed["tried"])
+        text += f"\nusers needed for 80% power at p < 0.05: {found} (power by users: {powers})"
+    click.echo(json.dumps(report, indent=2) if as_json else text)

@@ -15,9 +15,9 @@ simulated user asks for ``k`` movies and answers with a vectorized response mode
 The ratings go back through ``RecordFeedback`` in one call per user and round; the stack applies feedback
 within about a second, so later rounds see updated lists. A rating >= 3.5 is a like. The result counts
 requests, shown items, clicks, likes, the mean true affinity of what was shown, per round and per experiment
-arm (when responses carry ``experiments``), and, for the same users and model, the like rates of three
-offline lists: their true top k, the k most rated movies and k random ones (all among movies they have not
-rated).
+arm (when responses carry ``experiments``; interleaved items are also credited to the arm that contributed
+them), and, for the same users and model, the like rates of three offline lists: their true top k, the k most
+rated movies and k random ones (all among movies they have not rated).
 """
 
 from __future__ import annotations
@@ -63,6 +63,10 @@ class ResponseModel:
     rating_affinity: float = RATING_AFFINITY  # the world's rating rule
     rating_noise: float = RATING_NOISE
     like_threshold: float = LIKE_THRESHOLD  # a rating >= this is a like
+    # Engagement differs between people: each user examines lists in proportion to how active they are in the
+    # world (their number of ratings over the mean, to this power; 0: everyone alike). Heavy users look at
+    # most of a list, occasional ones at its top item now and then, as in real traffic.
+    engagement_power: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,12 +98,14 @@ def respond(
     model: ResponseModel = ResponseModel(),
     positions: np.ndarray | None = None,
     shown: np.ndarray | None = None,
+    engagement: np.ndarray | None = None,
 ) -> Responses:
     """Draw examinations, clicks and ratings for ``affinity`` [users, k] (true affinities of the shown items).
 
     ``user_bias`` and ``centre`` are [users], ``movie_bias`` [users, k]; ``positions`` default to 0..k-1 in each
-    row; ``shown`` (bool [users, k]) masks padding, which is never examined. The same draws are made whatever
-    the mask, so results are deterministic for a generator's state and the batch's shape.
+    row; ``shown`` (bool [users, k]) masks padding, which is never examined; ``engagement`` [users] scales
+    each user's examination probability (capped at 1; default 1). The same draws are made whatever the mask,
+    so results are deterministic for a generator's state and the batch's shape.
     """
     affinity = np.asarray(affinity, dtype=np.float64)
     k = affinity.shape[1]
@@ -109,7 +115,10 @@ def respond(
     click_draw = rng.random(affinity.shape)
     noise = rng.normal(0.0, model.rating_noise, affinity.shape)
 
-    examined = shown & (examine_draw < examination_probability(positions, model.eta))
+    scale = np.ones(affinity.shape[0]) if engagement is None else np.asarray(engagement, dtype=np.float64)
+    examined = shown & (
+        examine_draw < np.minimum(examination_probability(positions, model.eta) * scale[:, None], 1.0)
+    )
     clicked = examined & (click_draw < click_probability(np.where(shown, affinity, -np.inf), model))
     raw = (
         RATING_BASE
@@ -121,6 +130,12 @@ def respond(
     rating = np.where(clicked, np.clip(np.round(raw * 2) / 2, 0.5, 5.0), np.nan).astype(np.float32)
     liked = clicked & (rating >= model.like_threshold)
     return Responses(examined=examined, clicked=clicked, rating=rating, liked=liked)
+
+
+def user_engagement(world: World, users: np.ndarray, model: ResponseModel) -> np.ndarray:
+    """Each 0-based user's engagement: their ratings in the world over the mean, to ``engagement_power``."""
+    counts = world.user_counts.astype(np.float64)
+    return (counts[np.asarray(users)] / counts[counts > 0].mean()) ** model.engagement_power
 
 
 # ---------------------------------------------------------------------------------------------- the truth
@@ -225,6 +240,7 @@ def offline_like_rates(
     (``popular``), ``k`` uniformly random ones (``random``). Builds a [users, movies] matrix: bound users."""
     users = np.asarray(users)
     n_movies = len(world.movie_bias)
+    k = min(k, n_movies)
     affinity = world.affinity(users)
     seen = np.zeros(affinity.shape, dtype=bool)
     seen[_rated_rows(world, users, rated)] = True
@@ -243,7 +259,13 @@ def offline_like_rates(
     for name, movies in lists.items():  # three lists
         shown_affinity = np.take_along_axis(affinity, movies, 1)
         responses = respond(
-            shown_affinity, world.user_bias[users], world.movie_bias[movies], centre, rng, model
+            shown_affinity,
+            world.user_bias[users],
+            world.movie_bias[movies],
+            centre,
+            rng,
+            model,
+            engagement=user_engagement(world, users, model),
         )
         rates[name] = {
             "like_rate": float(responses.liked.mean()),
@@ -276,10 +298,11 @@ class SimulationResult:
     feedback_calls: int = 0
     like_rate: float = 0.0
     click_rate: float = 0.0
-    mean_rating: float = math.nan
-    mean_affinity: float = math.nan
+    mean_rating: float | None = None  # of the ratings drawn; None without clicks
+    mean_affinity: float | None = None  # of the shown items the world knows
     per_round: list[dict[str, Any]] = field(default_factory=list)
     arms: list[dict[str, Any]] = field(default_factory=list)  # one per (experiment, arm) seen
+    item_arms: list[dict[str, Any]] = field(default_factory=list)  # interleaving: items per contributing arm
     models: dict[str, int] = field(default_factory=dict)  # requests per model_version
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)  # "Recommend: UNAVAILABLE" -> count
@@ -291,34 +314,34 @@ class SimulationResult:
         return asdict(self)
 
     def summary(self) -> str:
-        """A few lines for a person."""
-        header = f"{'round':>5} {'requests':>8} {'shown':>7} {'clicks':>6} {'likes':>6} {'like rate':>9} {'affinity':>8}"
+        """A few lines for a person: per round, all, per arm, the offline lists, errors."""
+        columns = f"{'shown':>7} {'clicks':>6} {'likes':>6} {'like rate':>9} {'affinity':>8}"
 
-        def line(label: str, row: dict[str, Any]) -> str:
+        def cells(row: dict[str, Any]) -> str:
             return (
-                f"{label:>5} {row['requests']:>8,} {row['shown']:>7,} {row['clicks']:>6,} {row['likes']:>6,} "
-                f"{row['like_rate']:>9.2%} {row['mean_affinity']:>8.3f}"
+                f"{row['shown']:>7,} {row['clicks']:>6,} {row['likes']:>6,} "
+                f"{row['like_rate']:>9.2%} {_fixed(row['mean_affinity'], 3):>8}"
             )
 
         lines = [
             f"simulated {self.users} users x {self.rounds} rounds (k {self.k}) of synthetic:{self.n_ratings} "
             f"against {self.target} in {self.wall_s:.1f} s"
             + (" (stopped at --max-seconds)" * self.stopped_early),
-            header,
-            *(line(str(row["round"]), row) for row in self.per_round),
-            line("all", asdict(self)),
-            f"ratings sent {self.clicks:,}: accepted {self.ratings_accepted:,}, rejected {self.ratings_rejected:,}; "
-            f"mean rating {self.mean_rating:.2f} (centre: {self.centre})",
+            f"{'round':>5} {'requests':>8} {columns}",
+            *(f"{row['round']:>5} {row['requests']:>8,} {cells(row)}" for row in self.per_round),
+            f"{'all':>5} {self.requests:>8,} {cells(asdict(self))}",
+            f"ratings sent {self.clicks:,} (accepted {self.ratings_accepted:,}, rejected "
+            f"{self.ratings_rejected:,}), mean {_fixed(self.mean_rating, 2)} (centre: {self.centre})",
         ]
         if self.arms:
-            lines.append(
-                f"{'experiment':<16} {'arm':<12} {'requests':>8} {'shown':>7} {'likes':>6} {'like rate':>9} {'affinity':>8}"
-            )
+            lines.append(f"{'experiment':<16} {'arm':<12} {'requests':>8} {columns}")
             lines += [
-                f"{arm['experiment']:<16} {arm['arm']:<12} {arm['requests']:>8,} {arm['shown']:>7,} "
-                f"{arm['likes']:>6,} {arm['like_rate']:>9.2%} {arm['mean_affinity']:>8.3f}"
+                f"{arm['experiment']:<16} {arm['arm']:<12} {arm['requests']:>8,} {cells(arm)}"
                 for arm in self.arms
             ]
+        if self.item_arms:
+            lines.append(f"{'interleaved items by arm':<38} {columns}")
+            lines += [f"{arm['arm']:<38} {cells(arm)}" for arm in self.item_arms]
         if self.models:
             lines.append("models: " + ", ".join(f"{name or '-'} {n:,}" for name, n in self.models.items()))
         if self.baselines:
@@ -330,12 +353,13 @@ class SimulationResult:
                 )
             )
         if self.errors:
-            lines.append(
-                "errors: "
-                + ", ".join(f"{name} {n}" for name, n in self.errors.items())
-                + f" ({self.first_error})"
-            )
+            counts = ", ".join(f"{name} {n}" for name, n in self.errors.items())
+            lines.append(f"errors: {counts} (first: {self.first_error})")
         return "\n".join(lines)
+
+
+def _fixed(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 @dataclass(frozen=True)
@@ -343,6 +367,7 @@ class _Served:
     movie_ids: list[int]
     experiments: list[dict[str, str]]
     model_version: str
+    item_arms: list[str] = field(default_factory=list)  # interleaving: the arm that contributed each item
     error: str = ""  # "Recommend: CODE" when the call failed
     detail: str = ""
     skipped: bool = False  # past the deadline: not asked
@@ -365,7 +390,13 @@ def _recommend(stub, user_id: int, k: int, deadline: float, timeout_s: float) ->
         {"experiment": str(getattr(e, "experiment", "")), "arm": str(getattr(e, "arm", ""))}
         for e in getattr(response, "experiments", ())
     ]
-    return _Served([item.movie_id for item in response.items][:k], experiments, response.model_version)
+    items = response.items[:k]
+    return _Served(
+        [item.movie_id for item in items],
+        experiments,
+        response.model_version,
+        item_arms=[str(getattr(item, "arm", "")) for item in items],
+    )
 
 
 def _record(stub, events: list, timeout_s: float) -> tuple[int, int, str, str]:
@@ -401,8 +432,8 @@ def _stats(frame: pl.DataFrame, by: list[str]) -> pl.DataFrame:
         "likes",
         like_rate=pl.col("likes") / pl.col("shown").clip(1),
         click_rate=pl.col("clicks") / pl.col("shown").clip(1),
-        mean_affinity=pl.col("affinity_sum") / pl.col("known"),
-        mean_rating=pl.col("rating_sum") / pl.col("clicks"),
+        mean_affinity=pl.when(pl.col("known") > 0).then(pl.col("affinity_sum") / pl.col("known")),
+        mean_rating=pl.when(pl.col("clicks") > 0).then(pl.col("rating_sum") / pl.col("clicks")),
         known=pl.col("known"),
     )
 
@@ -430,8 +461,9 @@ def run_simulation(
     Each round: every user's Recommend(k) (``concurrency`` at a time), one vectorized :func:`respond` over the
     round's lists, every user's ratings in one RecordFeedback call; the next round starts at least
     ``round_gap_s`` after the last feedback (the stack applies feedback within about a second). No call
-    starts after ``max_seconds``. ``ratings_path`` (the ingested ratings.parquet) gives the world's rating
-    centre and the offline baselines. Raises StarlingError when no Recommend call succeeds.
+    starts after ``max_seconds``; a round without one answer ends the run. ``ratings_path`` (the ingested
+    ratings.parquet) gives the world's rating centre and the offline baselines. Raises StarlingError when no
+    Recommend call succeeds.
     """
     from starling.auth import authorized_channel
     from starling.v1 import recommend_pb2, recommend_pb2_grpc
@@ -467,6 +499,7 @@ def run_simulation(
 
     n_movies = len(world.movie_bias)
     rows: list[pl.DataFrame] = []
+    cells: list[pl.DataFrame] = []  # interleaved items, credited to the arm that contributed them
     errors: dict[str, int] = {}
     first_error = ""
     channel = authorized_channel(target, token)
@@ -483,8 +516,10 @@ def run_simulation(
                 ask = partial(_recommend, stub, k=k, deadline=deadline, timeout_s=timeout_s)
                 served = list(pool.map(ask, ids.tolist()))
                 shown_ids = np.zeros((len(ids), k), dtype=np.int64)
+                item_arms = np.full((len(ids), k), "", dtype=object)
                 for row, each in enumerate(served):  # per request: its list into the batch
                     shown_ids[row, : len(each.movie_ids)] = each.movie_ids
+                    item_arms[row, : len(each.item_arms)] = each.item_arms
                 known = (shown_ids >= 1) & (shown_ids <= n_movies)
                 movies = np.clip(shown_ids - 1, 0, n_movies - 1)
                 affinity = pair_affinity(world, chosen[:, None], movies)
@@ -496,6 +531,7 @@ def run_simulation(
                     response_rng,
                     model,
                     shown=known,
+                    engagement=user_engagement(world, chosen, model),
                 )
 
                 now = Timestamp()
@@ -549,8 +585,23 @@ def run_simulation(
                         },
                     ).filter("answered")
                 )
+                credited = (item_arms != "") & (shown_ids > 0)
+                if credited.any():
+                    cells.append(
+                        pl.DataFrame(
+                            {
+                                "arm": item_arms[credited].astype(str),
+                                "known": known[credited],
+                                "clicks": responses.clicked[credited],
+                                "likes": responses.liked[credited],
+                                "affinity": np.where(known, affinity, 0.0)[credited],
+                            }
+                        )
+                    )
                 if any(s.skipped for s in served):
                     result.stopped_early = True
+                    break
+                if not answered.any():  # the stack is down or refuses everyone: more rounds would too
                     break
     finally:
         channel.close()
@@ -571,6 +622,20 @@ def run_simulation(
     result.per_round = _stats(frame, ["round"]).drop("known").to_dicts()
     arms = frame.explode("experiments").drop_nulls("experiments").unnest("experiments")
     result.arms = _stats(arms, ["experiment", "arm"]).drop("known").sort("experiment", "arm").to_dicts()
+    if cells:
+        result.item_arms = (
+            pl.concat(cells)
+            .group_by("arm")
+            .agg(
+                shown=pl.len(),
+                clicks=pl.sum("clicks"),
+                likes=pl.sum("likes"),
+                mean_affinity=pl.col("affinity").filter("known").mean(),
+            )
+            .with_columns(like_rate=pl.col("likes") / pl.col("shown"))
+            .sort("arm")
+            .to_dicts()
+        )
     result.models = dict(frame.group_by("model_version").len().sort("model_version").iter_rows())
     result.wall_s = time.monotonic() - started
     return result
@@ -584,7 +649,9 @@ def run_simulation(
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of user picks and responses.")
 @click.option("--users", type=click.IntRange(1), default=200, show_default=True, help="Simulated users.")
-@click.option("--user", "user_ids", type=int, multiple=True, help="Simulate these user ids (repeatable).")
+@click.option(
+    "--user", "user_ids", type=int, multiple=True, help="Simulate these user ids instead (repeatable)."
+)
 @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--k", type=click.IntRange(1, 500), default=10, show_default=True)
 @click.option("--target", default=None, help="RecommendService address (default 127.0.0.1:50051).")
@@ -626,6 +693,12 @@ def simulate(
             f"--dataset {dataset!r}: the simulator needs a synthetic world's true tastes; pass synthetic:N, "
             "the source WORKDIR was ingested from"
         )
+    ratings_path = workdir / "ratings.parquet"
+    if ratings_path.is_file():
+        try:
+            check_ingested(ratings_path, n_ratings)
+        except StarlingError as exc:
+            raise click.UsageError(str(exc)) from exc
     settings = get_settings().model_copy(update={"workdir": workdir})
     token = client_token(settings)
     if token is None:
@@ -633,12 +706,6 @@ def simulate(
             f"no API token for writes: {workdir}/secrets/api-token is missing and STARLING_API_TOKEN is unset "
             "(`starling up WORKDIR` writes one; `starling auth create-key` makes another)"
         )
-    ratings_path = workdir / "ratings.parquet"
-    if ratings_path.is_file():
-        try:
-            check_ingested(ratings_path, n_ratings)
-        except StarlingError as exc:
-            raise click.UsageError(str(exc)) from exc
     result = run_simulation(
         target or f"127.0.0.1:{settings.recommend_port}",
         token,

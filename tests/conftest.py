@@ -84,6 +84,19 @@ def synthetic_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return workdir
 
 
+@pytest.fixture(scope="session")
+def synthetic_trained(synthetic_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the synthetic workdir, materialized, with the serving ranker trained (fast windows) and
+    published: the world whose true tastes the simulator knows."""
+    from starling.featurestore import materialize
+    from training.train import train_command
+
+    workdir = copy_workdir(synthetic_features, tmp_path_factory.mktemp("synthetic_trained"))
+    materialize(workdir)
+    train_command(workdir, "rank_mlp", publish=True, windows=fast_windows())
+    return workdir
+
+
 def copy_workdir(source: Path, target: Path) -> Path:
     """Copy a workdir without its running-service state (run/) or vector store file."""
     import shutil

@@ -1065,3 +1065,40 @@ def test_web_gateway_can_be_turned_off(helm: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "svc/starling-web" not in done.stdout.split("NOTES:", 1)[1]
+
+
+def test_experiments_reach_recommend_from_a_configmap_it_can_re_read(helm: str, tmp_path: Path) -> None:
+    from services.recommend.experiments import parse_config
+
+    experiments = [
+        {
+            "name": "ranker-vs-random",
+            "layer": "ranking",
+            "salt": "2026-12",
+            "type": "ab",
+            "arms": [
+                {"name": "model", "share": 50},
+                {"name": "random", "share": 50, "overrides": {"ranker": "random"}},
+            ],
+        }
+    ]
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"experiments": experiments}))
+    manifests = render(helm, values)
+    config_map = find(manifests, "ConfigMap", "starling-experiments")[0]
+    parsed = parse_config(yaml.safe_load(config_map["data"]["experiments.yaml"]), "configmap")
+    assert [e.name for e in parsed.experiments] == ["ranker-vs-random"]
+    recommend = find(manifests, "Deployment", "starling-recommend")[0]["spec"]["template"]["spec"]
+    container = recommend["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert env["STARLING_EXPERIMENTS"] == mounts["experiments"]["mountPath"] + "/experiments.yaml"
+    assert "subPath" not in mounts["experiments"], "a subPath mount never sees ConfigMap edits"
+    assert {"name": "experiments", "configMap": {"name": "starling-experiments"}} in recommend["volumes"]
+    assert mounts["artifacts"]["readOnly"] is False, "recommend appends the event and exposure logs"
+    annotations = find(manifests, "Deployment", "starling-recommend")[0]["spec"]["template"]["metadata"]
+    assert "experiments" not in json.dumps(annotations), "an experiments edit must not restart the pods"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"experiments": [{**experiments[0], "type": "bandit"}]}))
+    done = run_helm(helm, "template", "starling", str(CHART), "-f", str(bad))
+    assert done.returncode != 0 and "experiments" in done.stderr

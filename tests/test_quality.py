@@ -7,17 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import copy_workdir, fast_windows
+from conftest import copy_workdir
 
 pytestmark = pytest.mark.slow
 
 
-def test_pipeline_beats_tuned_ease_on_planted_tastes(synthetic_features: Path, tmp_path: Path) -> None:
+def test_pipeline_beats_tuned_ease_on_planted_tastes(synthetic_trained: Path, tmp_path: Path) -> None:
     from training.evaluate import evaluate
-    from training.train import train_command
 
-    workdir = copy_workdir(synthetic_features, tmp_path / "workdir")
-    train_command(workdir, "rank_mlp", windows=fast_windows())
+    workdir = copy_workdir(synthetic_trained, tmp_path / "workdir")
     metrics = evaluate(workdir, leave_last_out_protocol=False)
     warm = metrics["warm"]
     assert warm["pipeline"]["users"] >= 15, "enough warm users for the comparison to mean something"

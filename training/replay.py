@@ -33,7 +33,14 @@ from services.ranker.scoring import score_encoded
 from services.recall.features import UserProfile, channel_scores, user_profile
 from services.recall.logic import RecallResult, ann_limit, exact_nearest, recall
 from services.recall.state import RecallModel, RecallParams, RecallState
-from services.recommend.logic import cold_start_channels, recall_order_scores, uses_ranker
+from services.recommend.experiments import Overrides
+from services.recommend.logic import (
+    cold_start_channels,
+    random_order_scores,
+    recall_order_scores,
+    top_k_by_score,
+    uses_ranker,
+)
 from services.rerank.logic import RerankRules, rerank_candidates
 from starling.features.spec import MOVIE_FEATURE_COLUMNS, USER_FEATURE_COLUMNS, FeatureSpec
 
@@ -172,9 +179,14 @@ class OfflinePipeline:
         self.recall_size = recall_size
 
     def recall_for(
-        self, user_id: int, genres: tuple[str, ...] = (), exclude: np.ndarray | None = None
+        self,
+        user_id: int,
+        genres: tuple[str, ...] = (),
+        exclude: np.ndarray | None = None,
+        overrides: Overrides | None = None,
     ) -> tuple[RecallResult, bool]:
         """Stages 1-2: the eligible pool, then recall; and whether the user is known (has history)."""
+        overrides = overrides or Overrides()
         snapshot = self.snapshot
         excluded = np.asarray(exclude if exclude is not None else [], dtype=np.int64)
         pool = eligible_pool(snapshot.catalog, snapshot.history.rated(user_id), excluded, genres)
@@ -182,10 +194,13 @@ class OfflinePipeline:
         model = snapshot.recall
         profile = snapshot.profile(user_id)
         scores = channel_scores(model, profile)
+        quotas = {**model.params.quotas, **(overrides.recall_quotas or {})}
         hits = np.empty(0, dtype=np.int64)
-        if scores.user_vector is not None and model.params.quotas.get("embedding"):
-            hits = exact_nearest(model, scores.user_vector, ann_limit(model, eligible))
-        result = recall(model, profile, eligible, self.recall_size, scores, hits)
+        if scores.user_vector is not None and quotas.get("embedding"):
+            hits = exact_nearest(model, scores.user_vector, ann_limit(model, eligible, quotas))
+        result = recall(
+            model, profile, eligible, overrides.recall_size or self.recall_size, scores, hits, quotas
+        )
         return result, snapshot.history.knows(user_id)
 
     def recommend(
@@ -196,19 +211,30 @@ class OfflinePipeline:
         exclude: np.ndarray | None = None,
         current_year: int | None = None,
         also: tuple[int, ...] = (),
+        overrides: Overrides | None = None,
+        request_id: str = "0" * 32,
     ) -> Served:
         """The answer to Recommend(user_id, k, genres, exclude); ``also``: answers for other k from the same
-        candidates and scores (re-ranking can depend on k)."""
+        candidates and scores (re-ranking can depend on k). ``overrides``: an experiment arm's knobs, as
+        RecommendService applies them (``request_id`` seeds the random-order arm)."""
         snapshot = self.snapshot
-        result, known = self.recall_for(user_id, genres, exclude)
+        overrides = overrides or Overrides()
+        result, known = self.recall_for(user_id, genres, exclude, overrides)
         movie_ids = snapshot.recall.movie_ids[result.rows]
         channels = cold_start_channels(result.channels, known)
         scores = recall_order_scores(len(movie_ids))
-        if uses_ranker(known) and self.ranker is not None and len(movie_ids):
+        mode = overrides.ranker or "model"
+        if mode == "random" and len(movie_ids):
+            scores = random_order_scores(len(movie_ids), request_id)
+        elif mode == "model" and uses_ranker(known) and self.ranker is not None and len(movie_ids):
             values, _ = snapshot.users.values(user_id)
             scores = self.ranker.score(user_id, values, movie_ids, result.features)
         answers = {}
         for size in (k, *also):
+            if overrides.rerank is False:
+                top = top_k_by_score(movie_ids, scores, size)
+                answers[size] = (top, scores[top])
+                continue
             answers[size] = rerank_candidates(
                 snapshot.catalog,
                 self.rules,
@@ -224,3 +250,26 @@ class OfflinePipeline:
             movie_ids[top], final_scores, channels[top],
             {size: movie_ids[positions] for size, (positions, _) in answers.items()},
         )  # fmt: skip
+
+
+class HistoryUntil:
+    """A user history as it was just before a moment: events at or after ``before_us`` are not there yet
+    (the offline replay feeds each earlier event back, as the live stack would have received it)."""
+
+    def __init__(self, history: UserHistory, before_us: int) -> None:
+        self.history = history
+        self.before_us = before_us
+
+    def history_of(self, user_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        movies, ratings, timestamps = self.history.history_of(user_id)
+        keep = timestamps < self.before_us
+        return movies[keep], ratings[keep], timestamps[keep]
+
+    def latest(self, user_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return UserHistory.latest(self, user_id)  # type: ignore[arg-type]  # it reads history_of only
+
+    def rated(self, user_id: int) -> np.ndarray:
+        return self.history_of(user_id)[0]
+
+    def knows(self, user_id: int) -> bool:
+        return len(self.history_of(user_id)[0]) > 0

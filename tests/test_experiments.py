@@ -1,0 +1,220 @@
+"""Experiments without services: bucket hashing (stable, balanced), the config's validation and reload, the
+serving plan, team-draft interleaving."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import chisquare
+
+from services.common.errors import InvalidArgument
+from services.recommend.experiments import (
+    BUCKETS,
+    INTERLEAVED,
+    ExperimentsConfigError,
+    ExperimentsWatcher,
+    arm_indices,
+    assign,
+    buckets,
+    checked_forced_arms,
+    parse_config,
+    serving_plan,
+)
+from services.recommend.interleaving import request_rng, team_draft
+from starling.v1 import common_pb2
+
+AB = {
+    "name": "ranker-vs-random",
+    "layer": "ranking",
+    "salt": "s1",
+    "type": "ab",
+    "arms": [
+        {"name": "model", "share": 50},
+        {"name": "random", "share": 50, "overrides": {"ranker": "random"}},
+    ],
+}
+INTERLEAVING = {
+    "name": "recall-size",
+    "layer": "recall",
+    "salt": "s2",
+    "type": "interleaving",
+    "arms": [
+        {"name": "small", "share": 10, "overrides": {"recall_size": 100}},
+        {"name": "large", "share": 10, "overrides": {"recall_size": 800, "recall_quotas": {"ease": 200}}},
+    ],
+}
+
+
+def config_of(*experiments: dict):
+    return parse_config({"experiments": list(experiments)}, "test.yaml")
+
+
+def test_buckets_are_the_same_in_another_process_and_spread_evenly() -> None:
+    users = np.arange(100_000)
+    here = buckets("salt-a", users)
+    code = (
+        "import numpy as np; from services.recommend.experiments import buckets; "
+        "print(','.join(map(str, buckets('salt-a', np.arange(0, 100_000, 997)))))"
+    )
+    there = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+    ).stdout.strip()
+    assert there == ",".join(map(str, here[::997]))
+    assert here.min() >= 0 and here.max() < BUCKETS
+    counts = np.bincount(here // 100, minlength=100)  # 100 groups of 100 buckets
+    assert chisquare(counts).pvalue > 0.001
+    assert (buckets("salt-b", users) != here).mean() > 0.99, "another salt reshuffles users"
+
+
+def test_arms_are_balanced_stable_and_layers_orthogonal() -> None:
+    config = config_of(AB, INTERLEAVING)
+    users = np.arange(1, 100_001)
+    arms = arm_indices(config, "ranker-vs-random", users)
+    counts = np.bincount(arms, minlength=2)
+    assert (arms >= 0).all() and chisquare(counts).pvalue > 0.001, counts
+    planted = np.where(np.random.default_rng(0).random(len(users)) < 0.45, 0, 1)  # a 45/55 split
+    assert chisquare(np.bincount(planted)).pvalue < 1e-6, "a sample-ratio mismatch is flagged"
+    # the same user gets the same arm on every request; the other layer's assignment is independent of it
+    for user in (1, 77, 99_999):
+        assert len({tuple((e.name, a and a.name) for e, a in assign(config, user)) for _ in range(5)}) == 1
+    interleaved = arm_indices(config, "recall-size", users) >= 0
+    assert abs(interleaved.mean() - 0.2) < 0.01
+    assert abs(interleaved[arms == 0].mean() - interleaved[arms == 1].mean()) < 0.01, "layers are orthogonal"
+
+
+def test_experiments_in_one_layer_never_share_a_user() -> None:
+    second = {
+        **AB,
+        "name": "other",
+        "salt": "s3",
+        "arms": [{"name": "a", "share": 20}, {"name": "b", "share": 20}],
+    }
+    first = {**AB, "arms": [{"name": "model", "share": 30}, {"name": "random", "share": 30}]}
+    config = config_of(first, second)
+    users = np.arange(1, 50_001)
+    in_first, in_second = (
+        arm_indices(config, "ranker-vs-random", users) >= 0,
+        arm_indices(config, "other", users) >= 0,
+    )
+    assert not (in_first & in_second).any()
+    assert abs(in_first.mean() - 0.6) < 0.01 and abs(in_second.mean() - 0.4) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["experiments"][0]["arms"][0].update(share=70), "shares add up to 120% (at most 100%)"),
+        (lambda c: c["experiments"].append(dict(AB)), "duplicate experiment names ['ranker-vs-random']"),
+        (lambda c: c["experiments"][0]["arms"][1]["overrides"].update(beam=3), "unknown knob(s) ['beam']"),
+        (
+            lambda c: c["experiments"][0]["arms"][1]["overrides"].update(ranker="v2"),
+            ".ranker: 'v2' must be one of",
+        ),
+        (lambda c: c["experiments"][0]["arms"][1].update(name="model"), "duplicate arm names ['model']"),
+        (
+            lambda c: c["experiments"][0].update(type="bandit"),
+            ".type: 'bandit' must be one of ab, interleaving",
+        ),
+        (lambda c: c["experiments"][0]["arms"].pop(), "must be a list of at least two arms"),
+        (
+            lambda c: c["experiments"][0].pop("salt"),
+            "experiments[0] (ranker-vs-random).salt: must be a non-empty",
+        ),
+        (
+            lambda c: c["experiments"][0]["arms"][1]["overrides"].update(recall_quotas={"vibes": 3}),
+            "recall_quotas: unknown channel(s) ['vibes']",
+        ),
+        (
+            lambda c: c["experiments"][1]["arms"][0]["overrides"].update(ranker="random"),
+            "knob 'ranker' is overridden in layers 'ranking' and 'recall'",
+        ),
+        (
+            lambda c: c["experiments"][1]["arms"].append({"name": "third", "share": 5}),
+            "exactly two arms, got 3",
+        ),
+    ],
+)
+def test_each_kind_of_bad_config_is_rejected_naming_the_field(change, message: str) -> None:
+    import copy
+
+    raw = {"experiments": [copy.deepcopy(AB), copy.deepcopy(INTERLEAVING)]}
+    change(raw)
+    with pytest.raises(ExperimentsConfigError) as err:
+        parse_config(raw, "experiments.yaml")
+    assert message in str(err.value) and str(err.value).startswith("experiments.yaml: ")
+
+
+def test_a_bad_edit_keeps_the_previous_config_serving(tmp_path: Path) -> None:
+    path = tmp_path / "experiments.yaml"
+    path.write_text(yaml.safe_dump({"experiments": [AB]}))
+    watcher = ExperimentsWatcher(path)
+    assert [e.name for e in watcher.config.experiments] == ["ranker-vs-random"]
+    path.write_text(yaml.safe_dump({"experiments": [AB, AB]}))
+    assert watcher.poll() is False and "duplicate experiment names" in watcher.last_error
+    assert [e.name for e in watcher.config.experiments] == ["ranker-vs-random"]
+    path.write_text(yaml.safe_dump({"experiments": [AB, INTERLEAVING]}) + "\n")
+    assert watcher.poll() is True and watcher.last_error is None
+    assert [e.name for e in watcher.config.experiments] == ["ranker-vs-random", "recall-size"]
+    path.unlink()
+    assert watcher.poll() is True and watcher.config.experiments == ()
+
+
+def test_serving_plan_and_forced_arms() -> None:
+    config = config_of(AB, INTERLEAVING)
+    forced = checked_forced_arms(
+        [common_pb2.ExperimentArm(experiment="ranker-vs-random", arm="random"),
+         common_pb2.ExperimentArm(experiment="recall-size", arm=INTERLEAVED)],
+        config,
+    )  # fmt: skip
+    plan = serving_plan(assign(config, 1, forced))
+    assert plan.reported == [("ranker-vs-random", "random"), ("recall-size", INTERLEAVED)]
+    assert plan.interleaving == ("recall-size", ("small", "large"))
+    assert [(o.ranker, o.recall_size, o.recall_quotas) for o in plan.arm_overrides] == [
+        ("random", 100, None),
+        ("random", 800, {"ease": 200}),
+    ]
+    for bad, message in [
+        (
+            common_pb2.ExperimentArm(experiment="nope", arm="x"),
+            "'nope' is not running (running: ranker-vs-random",
+        ),
+        (
+            common_pb2.ExperimentArm(experiment="ranker-vs-random", arm="x"),
+            "arm 'x' is not one of model, random",
+        ),
+        (common_pb2.ExperimentArm(experiment="recall-size", arm="small"), "is not one of interleaved"),
+    ]:
+        with pytest.raises(InvalidArgument) as err:
+            checked_forced_arms([bad], config)
+        assert str(err.value).startswith("context.force_arms[0]") and message in str(err.value)
+    assert serving_plan([]).arm_overrides[0].knobs() == set()
+
+
+def test_team_draft_interleaving() -> None:
+    a, b = np.array([1, 2, 3, 4, 5, 6]), np.array([4, 3, 7, 8, 1, 9])
+    for seed in range(20):
+        ids, teams = team_draft(a, b, 6, np.random.default_rng(seed))
+        assert len(set(ids.tolist())) == 6 and abs(int((teams == 0).sum()) - int((teams == 1).sum())) <= 1
+        # every arm's picks keep that arm's order, and each pick was the arm's best item not yet shown
+        for team, source in ((0, a), (1, b)):
+            picked = ids[teams == team]
+            positions = [int(np.flatnonzero(source == m)[0]) for m in picked]
+            assert positions == sorted(positions)
+        for i in range(len(ids)):
+            source = a if teams[i] == 0 else b
+            best = next(int(m) for m in source if int(m) not in set(ids[:i].tolist()))
+            assert ids[i] == best
+    same = [team_draft(a, b, 4, request_rng("ab" * 16))[1].tolist() for _ in range(3)]
+    assert same[0] == same[1] == same[2], "a request interleaves the same way every time"
+    ids, teams = team_draft(np.array([1, 2]), np.array([1, 2, 3, 4]), 4, np.random.default_rng(0))
+    assert sorted(ids.tolist()) == [1, 2, 3, 4], "when one arm runs out the other fills the list"
