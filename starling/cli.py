@@ -11,28 +11,18 @@ from pathlib import Path
 
 import click
 
+from starling.cli_group import StarlingGroup
 from starling.errors import StarlingError
 
 
-class _Group(click.Group):
-    """Reports :class:`StarlingError` as ``error: ...`` with exit code 2 instead of a traceback."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except StarlingError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
-
-
-@click.group(cls=_Group)
+@click.group(cls=StarlingGroup)
 @click.version_option(package_name="starling")
 def cli() -> None:
     """Starling: a multi-stage movie recommender."""
 
 
 # --------------------------------------------------------------------------------------------------- data
-@cli.group(cls=_Group)
+@cli.group(cls=StarlingGroup)
 def data() -> None:
     """MovieLens ingestion."""
 
@@ -56,7 +46,7 @@ def data_ingest(source: str, out: Path, on_bad: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- features
-@cli.group(cls=_Group)
+@cli.group(cls=StarlingGroup)
 def features() -> None:
     """Point-in-time features and the Feast online store."""
 
@@ -233,7 +223,7 @@ def evaluate(
 
 
 # ------------------------------------------------------------------------------------------------- events
-@cli.group(cls=_Group)
+@cli.group(cls=StarlingGroup)
 def events() -> None:
     """The durable event log of feedback and catalog changes (WORKDIR/events)."""
 
@@ -265,7 +255,7 @@ def events_verify(workdir: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- auth
-@cli.group(cls=_Group)
+@cli.group(cls=StarlingGroup)
 def auth() -> None:
     """API keys for writes (RecordFeedback, UpsertMovie, the web gateway's ratings)."""
 
@@ -294,7 +284,7 @@ def auth_create_key(workdir: Path, name: str, scopes: tuple[str, ...]) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- bench
-@cli.group(cls=_Group)
+@cli.group(cls=StarlingGroup)
 def bench() -> None:
     """Benchmarks; each prints one JSON object."""
 

@@ -11,21 +11,10 @@ from pathlib import Path
 
 import click
 
-from starling.errors import StarlingError
+from starling.cli_group import StarlingGroup
 
 
-class _Group(click.Group):
-    """Reports :class:`StarlingError` as ``error: ...`` with exit code 2 (as starling/cli.py's groups do)."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except StarlingError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
-
-
-@click.group(cls=_Group)
+@click.group(cls=StarlingGroup)
 def experiment() -> None:
     """Online experiments: A/B and interleaving reports from the exposure log and feedback."""
 
@@ -52,7 +41,7 @@ def experiment_report(
     """Report experiment NAME from WORKDIR's exposure log and feedback: per-arm rates with 95% intervals and
     tests against the control plus a sample-ratio-mismatch check (A/B), or wins, losses and a sign test
     (interleaving); the plot goes to WORKDIR/reports/experiment-NAME.png."""
-    from services.recommend.experiments import load_config
+    from services.common.experiments import load_config
     from starling.config import get_settings
     from training.experiment_report import experiment_report as run
     from training.experiment_report import format_report

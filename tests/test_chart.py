@@ -679,7 +679,7 @@ def test_ranker_profiles_and_model_sources(helm: str, rendered: dict[str, list[M
     predictor = find(from_uri, "InferenceService")[0]["spec"]["predictor"]
     assert predictor["storageUris"] == [{"uri": "s3://models/starling", "mountPath": "/mnt/models"}]
     assert env(predictor)["STARLING_WORKDIR"] == "/mnt/models"
-    assert [v["name"] for v in predictor["volumes"]] == ["tmp"]
+    assert sorted(v["name"] for v in predictor["volumes"]) == ["experiments", "tmp"], "no artifact PVC"
     done = run_helm(helm, "template", "s", str(CHART), "--set", "ranker.model.source=storageUri")
     assert done.returncode != 0 and "storageUri is empty" in done.stderr
 
@@ -1068,7 +1068,7 @@ def test_web_gateway_can_be_turned_off(helm: str) -> None:
 
 
 def test_experiments_reach_recommend_from_a_configmap_it_can_re_read(helm: str, tmp_path: Path) -> None:
-    from services.recommend.experiments import parse_config
+    from services.common.experiments import parse_config
 
     experiments = [
         {
@@ -1098,6 +1098,12 @@ def test_experiments_reach_recommend_from_a_configmap_it_can_re_read(helm: str, 
     assert mounts["artifacts"]["readOnly"] is False, "recommend appends the event and exposure logs"
     annotations = find(manifests, "Deployment", "starling-recommend")[0]["spec"]["template"]["metadata"]
     assert "experiments" not in json.dumps(annotations), "an experiments edit must not restart the pods"
+    ranker = find(manifests, "InferenceService")[0]["spec"]["predictor"]
+    ranker_env = {e["name"]: e.get("value") for e in ranker["containers"][0]["env"]}
+    ranker_mounts = {m["name"]: m["mountPath"] for m in ranker["containers"][0]["volumeMounts"]}
+    assert ranker_env["STARLING_EXPERIMENTS"] == ranker_mounts["experiments"] + "/experiments.yaml", (
+        "the ranker loads the model versions arms pin"
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"experiments": [{**experiments[0], "type": "bandit"}]}))
     done = run_helm(helm, "template", "starling", str(CHART), "-f", str(bad))

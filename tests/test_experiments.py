@@ -14,7 +14,7 @@ import yaml
 from scipy.stats import chisquare
 
 from services.common.errors import InvalidArgument
-from services.recommend.experiments import (
+from services.common.experiments import (
     BUCKETS,
     INTERLEAVED,
     ExperimentsConfigError,
@@ -22,10 +22,9 @@ from services.recommend.experiments import (
     arm_indices,
     assign,
     buckets,
-    checked_forced_arms,
     parse_config,
-    serving_plan,
 )
+from services.recommend.experiments import checked_forced_arms, serving_plan
 from services.recommend.interleaving import request_rng, team_draft
 from starling.v1 import common_pb2
 
@@ -59,7 +58,7 @@ def test_buckets_are_the_same_in_another_process_and_spread_evenly() -> None:
     users = np.arange(100_000)
     here = buckets("salt-a", users)
     code = (
-        "import numpy as np; from services.recommend.experiments import buckets; "
+        "import numpy as np; from services.common.experiments import buckets; "
         "print(','.join(map(str, buckets('salt-a', np.arange(0, 100_000, 997)))))"
     )
     there = subprocess.run(

@@ -4,7 +4,9 @@ one), and that acknowledged exposures and feedback survive a `kill -9` of recomm
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import polars as pl
 import pytest
 import yaml
 
-from services.recommend.experiments import INTERLEAVED, arm_indices, load_config
+from services.common.experiments import INTERLEAVED, arm_indices, load_config
 from starling.auth import authorized_channel, client_token
 from starling.config import Settings
 from starling.events import RATING_STREAM, read_all
@@ -25,6 +27,8 @@ from starling.local import read_state
 from starling.v1 import common_pb2, recommend_pb2, recommend_pb2_grpc
 
 pytestmark = pytest.mark.slow
+
+CANDIDATE = "candidate-v2"
 
 AB = {
     "name": "ranker-vs-random",
@@ -54,6 +58,12 @@ def stack(
     from conftest import copy_workdir, running_stack
 
     workdir = copy_workdir(ml_small_trained, tmp_path_factory.mktemp("experiments"))
+    # A second model version, not published: what an arm pins to test a candidate against the current model.
+    published = (workdir / "models" / "current").resolve()
+    candidate = workdir / "models" / CANDIDATE
+    shutil.copytree(published, candidate)
+    manifest = json.loads((candidate / "manifest.json").read_text())
+    (candidate / "manifest.json").write_text(json.dumps({**manifest, "version": CANDIDATE}))
     config = workdir / "experiments.yaml"
     config.write_text(yaml.safe_dump({"experiments": [AB]}))
     with running_stack(workdir, experiments=config, experiments_poll_s=0.2) as settings:
@@ -138,6 +148,43 @@ def test_reload_takes_a_new_file_and_keeps_the_old_one_on_a_bad_edit(stack) -> N
     assert "rerank-on-off" in _arms(still), "the previous configuration keeps serving"
     log = (settings.workdir / "run" / "logs" / "recommend.log").read_text()
     assert "experiments file rejected" in log and "duplicate experiment names" in log
+    config_path.write_text(yaml.safe_dump({"experiments": [AB]}))
+
+
+def test_an_arm_pins_a_model_version_that_the_ranker_loads_on_reload(stack) -> None:
+    settings, stub, config_path = stack
+    versions = {
+        "name": "candidate-model",
+        "layer": "model",
+        "salt": "test-3",
+        "arms": [
+            {"name": "published", "share": 50},
+            {"name": "candidate", "share": 50, "overrides": {"ranker_version": CANDIDATE}},
+        ],
+    }
+    config_path.write_text(yaml.safe_dump({"experiments": [AB, versions]}))
+    deadline = time.monotonic() + 60  # the ranker loads the version beside the published one
+    while True:
+        try:
+            reply = _recommend(stub, 1, 10, {"candidate-model": "candidate"})
+            if reply.model_version == CANDIDATE and not reply.degraded:
+                break
+        except grpc.RpcError as err:
+            assert "is not running" in err.details(), err.details()
+        assert time.monotonic() < deadline, "the candidate version was not served"
+        time.sleep(0.3)
+    published = _recommend(stub, 1, 10, {"candidate-model": "published"})
+    assert published.model_version not in ("", CANDIDATE) and not published.degraded
+
+    unknown = {
+        **versions,
+        "arms": [versions["arms"][0], {**versions["arms"][1], "overrides": {"ranker_version": "nope"}}],
+    }
+    config_path.write_text(yaml.safe_dump({"experiments": [AB, unknown]}))
+    time.sleep(1.0)
+    assert _recommend(stub, 1, 10, {"candidate-model": "candidate"}).model_version == CANDIDATE
+    log = (settings.workdir / "run" / "logs" / "recommend.log").read_text()
+    assert "unknown model version 'nope'" in log, "rejected; the previous experiments keep serving"
     config_path.write_text(yaml.safe_dump({"experiments": [AB]}))
 
 

@@ -68,6 +68,10 @@ def message_of(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[dict
     """Field values for a message of ``descriptor``: every field optional, repeated fields up to 30 long."""
     fields: dict[str, st.SearchStrategy] = {}
     for field in descriptor.fields:
+        if is_map(field):  # map<K, V>: a dict of key and value strategies
+            key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            fields[field.name] = st.dictionaries(SCALARS[key.type], SCALARS[value.type], max_size=10)
+            continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             if depth >= 3:
                 continue
@@ -81,11 +85,17 @@ def message_of(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[dict
     return st.fixed_dictionaries({}, optional=fields)
 
 
+def is_map(field: FieldDescriptor) -> bool:
+    return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
+
+
 def fill(message: Message, values: dict[str, Any]) -> Message:
     for name, value in values.items():
         field = message.DESCRIPTOR.fields_by_name[name]
         repeated = field.is_repeated
-        if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if is_map(field):
+            getattr(message, name).update(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
             if repeated:
                 for item in value:
                     fill(getattr(message, name).add(), item)

@@ -35,11 +35,9 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from services.common.experiments import INTERLEAVED
 from starling.errors import StarlingError
 
-INTERLEAVED = (
-    "interleaved"  # the arm an interleaving experiment's exposures carry (services/recommend/experiments.py)
-)
 KINDS = ("likes", "ratings", "clicks")
 SRM_THRESHOLD = 0.001
 ALPHA = 0.05

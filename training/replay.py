@@ -27,13 +27,13 @@ from torch import nn
 
 from services.candidates.logic import eligible_pool
 from services.common.catalog import Catalog
+from services.common.experiments import Overrides
 from services.common.history import UserHistory
 from services.ranker.encoding import ServingEncoder, user_columns
 from services.ranker.scoring import score_encoded
 from services.recall.features import UserProfile, channel_scores, user_profile
 from services.recall.logic import RecallResult, ann_limit, exact_nearest, recall
 from services.recall.state import RecallModel, RecallParams, RecallState
-from services.recommend.experiments import Overrides
 from services.recommend.logic import (
     cold_start_channels,
     random_order_scores,

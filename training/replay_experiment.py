@@ -5,7 +5,7 @@ It walks the test period's likes in time order. At each like (user u liked movie
 served pipeline (training/replay.py, the services' own functions) for u's list *as of t*: the item side is the
 snapshot the stack would serve at the test cut-off, the user's history holds every rating before t (earlier
 events fed back, as the live stack would have received them). Each arm answers with its knobs
-(services/recommend/experiments.py: ranker model/recall order/random, recall size and quotas, re-ranking on or
+(services/common/experiments.py: ranker model/version/recall order/random, recall size and quotas, re-ranking on or
 off); a hit is m in the arm's top k. Every arm sees the same events, so the comparison is paired.
 
 Bounded: at most ``max_events`` likes (an even sample over the period, kept in time order). The ranker's user
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from services.recommend.experiments import Arm, load_config
+from services.common.experiments import Arm, load_config
 from starling.config import get_settings
 from starling.errors import StarlingError
 from starling.progress import progress

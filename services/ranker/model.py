@@ -36,7 +36,7 @@ from starling.config import Settings, get_settings
 from starling.events import MOVIE_STREAM, EventFollower
 from starling.features.spec import CANDIDATE_FEATURES, MOVIE_FEATURE_COLUMNS, USER_FEATURE_COLUMNS
 from starling.featurestore import MOVIE_VIEW, USER_VIEW, get_feature_store, registry_path
-from training.artifacts import Artifact, load_artifact, resolve_artifact
+from training.artifacts import CURRENT, Artifact, load_artifact, resolve_artifact
 
 log = logging.getLogger("starling.ranker")
 USER_REFS = [f"{USER_VIEW}:{column}" for column in USER_FEATURE_COLUMNS]
@@ -61,9 +61,12 @@ class RankerState:
 
 
 class RankerModel(Model):
-    def __init__(self, name: str, workdir: Path, settings: Settings | None = None) -> None:
+    def __init__(
+        self, name: str, workdir: Path, settings: Settings | None = None, version: str | None = None
+    ) -> None:
         super().__init__(name)
         self.workdir = Path(workdir)
+        self.version = version  # None: the published model, followed across publishes; else pinned
         self.settings = settings or get_settings()
         self.device = pick_device(self.settings.ranker_device)
         self.state: RankerState | None = None
@@ -77,7 +80,7 @@ class RankerModel(Model):
         return pl.from_arrow(response.to_arrow()).select(key, *columns)
 
     def _build_state(self) -> RankerState:
-        artifact_path = resolve_artifact(self.workdir).resolve()
+        artifact_path = resolve_artifact(self.workdir, self.version or CURRENT).resolve()
         artifact = load_artifact(artifact_path)
         model = artifact.model().to(self.device).eval()
         registry = registry_path(self.workdir, self.settings)
@@ -135,7 +138,7 @@ class RankerModel(Model):
 
     def _needs_reload(self, state: RankerState) -> bool:
         try:
-            current = resolve_artifact(self.workdir).resolve()
+            current = resolve_artifact(self.workdir, self.version or CURRENT).resolve()
         except Exception:  # a publish in progress or a removed pointer: keep serving what we have
             return False
         registry = registry_path(self.workdir, self.settings)

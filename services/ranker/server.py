@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from concurrent import futures
 
 from grpc import aio
 from kserve import ModelServer
+from kserve.model_repository import ModelRepository
 from kserve.model_server import FASTAPI_APP_IMPORT_STRING
 from kserve.model_server import args as kserve_args
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
@@ -30,14 +32,17 @@ from kserve.protocol.rest.server import RESTServer
 
 import starling
 from services.common.decoding import MalformedRequestInterceptor
+from services.common.experiments import ExperimentsConfigError, ExperimentsWatcher, pinned_versions
 from services.common.jsonlog import configure_logging
+from services.common.models import ranker_model_name
 from services.common.observability import BUILD_INFO
 from services.common.reflection import enable_reflection
 from services.common.server import MAX_MESSAGE_BYTES
 from services.ranker.model import RankerModel, torch_threads
-from starling.config import get_settings
+from starling.config import Settings, get_settings
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
+log = logging.getLogger("starling.ranker")
 
 
 class RepositoryControlDisabled(NotImplementedError):
@@ -129,6 +134,60 @@ class RankerServer(ModelServer):
         asyncio.run(self._serve())
 
 
+class PinnedVersions:
+    """The model versions experiment arms pin (services/common/experiments.py, ``ranker_version``), each
+    served beside the published model as ``<ranker name>-<version>``; the experiments file is followed, so a
+    new arm's version is loaded and a dropped one unloaded without a restart."""
+
+    def __init__(self, repository: ModelRepository, settings: Settings) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.watcher: ExperimentsWatcher | None = None
+        try:
+            self.watcher = ExperimentsWatcher(settings.experiments, settings.workdir)
+        except ExperimentsConfigError as exc:  # recommend refuses it too; the published model still serves
+            log.error("experiments file rejected; no pinned model versions", extra={"error": str(exc)})
+        self.loaded: dict[str, RankerModel] = {}
+        self._stop = threading.Event()
+
+    def models(self) -> list[RankerModel]:
+        """Build the pinned versions of the current experiments (called once, before serving)."""
+        self._sync(register=False)
+        return list(self.loaded.values())
+
+    def _sync(self, register: bool = True) -> None:
+        wanted = pinned_versions(self.watcher.config) if self.watcher else set()
+        for version in sorted(wanted - set(self.loaded)):
+            model = RankerModel(
+                ranker_model_name(self.settings.ranker_model_name, version),
+                self.settings.workdir,
+                self.settings,
+                version=version,
+            )
+            try:
+                model.load()
+            except Exception:
+                log.exception("pinned model version failed to load", extra={"version": version})
+                continue
+            self.loaded[version] = model
+            if register:
+                self.repository.update(model)
+            log.info("pinned model version loaded", extra={"version": version, "model": model.name})
+        for version in sorted(set(self.loaded) - wanted):
+            model = self.loaded.pop(version)
+            self.repository.unload(model.name)
+            log.info("pinned model version unloaded", extra={"version": version})
+
+    def follow(self) -> None:
+        """Forever (a daemon thread): re-read the experiments file and load or unload versions."""
+        while self.watcher is not None and not self._stop.wait(self.settings.experiments_poll_s):
+            try:
+                if self.watcher.poll():
+                    self._sync()
+            except Exception:
+                log.exception("following the experiments file failed")
+
+
 def main() -> None:
     settings = get_settings()
     configure_logging("ranker")
@@ -139,14 +198,18 @@ def main() -> None:
     BUILD_INFO.labels("ranker", starling.__version__).set(1)
     model = RankerModel(settings.ranker_model_name, settings.workdir, settings)
     model.load()
-    RankerServer(
+    server = RankerServer(
         settings.host,
         http_port=settings.ranker_http_port,
         grpc_port=settings.ranker_grpc_port,
         workers=1,
         enable_docs_url=False,
         enable_latency_logging=False,
-    ).start([model])
+    )
+    pinned = PinnedVersions(server.registered_models, settings)
+    pinned_models = pinned.models()
+    threading.Thread(target=pinned.follow, name="ranker-pinned-versions", daemon=True).start()
+    server.start([model, *pinned_models])
 
 
 if __name__ == "__main__":

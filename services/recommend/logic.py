@@ -48,13 +48,8 @@ class Ranked:
     movie_ids: np.ndarray
     scores: np.ndarray
     channels: np.ndarray
-    because_ids: np.ndarray = field(
-        default_factory=lambda: np.empty(0, np.int64)
-    )  # recall's evidence, 0 = none
-    degraded: list[common_pb2.Degradation] = field(default_factory=list)
-
-    def degrade(self, stage: str, reason: str) -> None:
-        self.degraded.append(common_pb2.Degradation(stage=stage, reason=reason))
+    # recall's evidence per candidate (the liked movie behind it), 0 = none
+    because_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
 
 def popular_fallback(

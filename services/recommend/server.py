@@ -32,20 +32,16 @@ from services.common.catalog import Catalog
 from services.common.channels import STAGE_CHANNEL_OPTIONS
 from services.common.deadlines import downstream_timeout
 from services.common.errors import InvalidArgument, NotFound, check_id, check_k
+from services.common.experiments import ExperimentsWatcher, Overrides, assign
 from services.common.following import every, follow, start_following_catalog
 from services.common.history import UserHistory
 from services.common.jsonlog import ThrottledLog
+from services.common.models import ranker_model_name
 from services.common.observability import MODEL_INFO, STAGE_FALLBACKS, STAGE_LATENCY
 from services.common.server import AdminServer, RunningService, run_service
 from services.recommend.catalog import CatalogServicer
 from services.recommend.dependencies import DependencyMonitor, grpc_health_probe
-from services.recommend.experiments import (
-    ExperimentsWatcher,
-    Overrides,
-    assign,
-    checked_forced_arms,
-    serving_plan,
-)
+from services.recommend.experiments import checked_forced_arms, serving_plan
 from services.recommend.feedback import FeedbackRecorder
 from services.recommend.interleaving import interleave
 from services.recommend.logic import (
@@ -127,7 +123,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         self.settings = settings
         self.feedback = feedback
         self.set_catalog(catalog)
-        self.experiments = ExperimentsWatcher(settings.experiments)
+        self.experiments = ExperimentsWatcher(settings.experiments, settings.workdir)
         self.exposures = (
             ExposureLog(
                 exposure_dir(settings.workdir),
@@ -161,13 +157,15 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     def _budget(self, context: grpc.aio.ServicerContext, stage: str) -> float:
         return downstream_timeout(context, getattr(self.settings, f"{stage}_timeout_ms") / 1000.0)
 
-    def _fallback(self, ranked: Ranked, stage: str, reason: str, kind: str | None = None) -> None:
+    def _fallback(
+        self, degraded: list[common_pb2.Degradation], stage: str, reason: str, kind: str | None = None
+    ) -> None:
         """Serve without ``stage``; counted by a short kind (a status code name, from ``reason``'s head)."""
         head = reason.split(":")[0]
         kind = kind or (head if re.fullmatch(r"[A-Za-z_]{1,40}", head) else "other")
         STAGE_FALLBACKS.labels(stage, kind).inc()
         FALLBACK_LOG.warning(f"{stage}:{kind}", "stage fell back", stage=stage, reason=reason)
-        ranked.degrade(stage, reason)
+        degraded.append(common_pb2.Degradation(stage=stage, reason=reason))
 
     async def Recommend(self, request: recommend_pb2.RecommendRequest, context: grpc.aio.ServicerContext):
         req = validate_recommend(request, self.catalog)
@@ -182,7 +180,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         request_id = uuid.uuid4().hex
         timings: dict[str, float] = {}
         STAGE_TIMINGS.set(timings)
-        degraded = Ranked(np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, object))
+        degraded: list[common_pb2.Degradation] = []  # every stage that fell back, for the response
 
         # 1. candidates: the eligible pool, as exclusions + genre filter (shared by every arm).
         try:
@@ -233,7 +231,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             ),
             model_version=final.model_version,
             request_id=request_id,
-            degraded=unique_degradations(degraded.degraded),
+            degraded=unique_degradations(degraded),
             experiments=[common_pb2.ExperimentArm(experiment=e, arm=a) for e, a in plan.reported],
         )
         if self.exposures is not None:
@@ -249,12 +247,11 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         known_user: bool,
         overrides: Overrides,
         request_id: str,
-        degraded: Ranked,
+        degraded: list[common_pb2.Degradation],
     ) -> ServedList:
         """Recall, rank and re-rank for one arm (``overrides``: the arm's knobs); stage failures fall back and
         are recorded on ``degraded``."""
         ranked = Ranked(np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, object))
-        ranked.degraded = degraded.degraded
 
         # 2. recall: about 500 candidates from several channels.
         try:
@@ -280,7 +277,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 recalled.features, list(recalled.feature_names), len(ranked.movie_ids)
             )
         except StageFailed as exc:
-            self._fallback(ranked, "recall", f"{exc}; served popular movies")
+            self._fallback(degraded, "recall", f"{exc}; served popular movies")
             user_genres, candidate_features, recall_answered = [], None, False
             ranked.movie_ids, _ = popular_fallback(
                 self.catalog,
@@ -304,23 +301,27 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             pass
         elif candidate_features is None:
             self._fallback(
-                ranked, "ranker", "skipped: no candidate features from recall; served recall order"
+                degraded, "ranker", "skipped: no candidate features from recall; served recall order"
             )
         else:
             try:
                 scores, model_version, features_found = await self._rank(
-                    req.user_id, ranked.movie_ids, candidate_features, context
+                    req.user_id,
+                    ranked.movie_ids,
+                    candidate_features,
+                    context,
+                    ranker_model_name(self.settings.ranker_model_name, overrides.ranker_version),
                 )
                 ranked.scores = scores
                 if known_user and not features_found:
                     self._fallback(
-                        ranked,
+                        degraded,
                         "features",
                         "user features missing online; ranked with defaults",
                         kind="missing",
                     )
             except StageFailed as exc:
-                self._fallback(ranked, "ranker", f"{exc}; served recall order")
+                self._fallback(degraded, "ranker", f"{exc}; served recall order")
 
         # 4. rerank: freshness, popularity, diversity (an arm may turn it off: top k by score).
         final_ids = final_scores = final_channels = None
@@ -345,7 +346,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                 final_scores = np.asarray(reranked.scores, dtype=np.float32)
                 final_channels = np.asarray(reranked.channels, dtype=object)
             except StageFailed as exc:
-                self._fallback(ranked, "rerank", f"{exc}; served top k by score")
+                self._fallback(degraded, "rerank", f"{exc}; served top k by score")
         if final_ids is None:
             top = top_k_by_score(ranked.movie_ids, ranked.scores, req.k)
             final_ids, final_scores, final_channels = (
@@ -370,6 +371,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         movie_ids: np.ndarray,
         candidate_features: np.ndarray,
         context: grpc.aio.ServicerContext,
+        model_name: str,
     ) -> tuple[np.ndarray, str, bool]:
         user = InferInput("user_id", [1], "INT64")
         user.set_data_from_numpy(np.array([user_id], dtype=np.int64), binary_data=True)
@@ -380,7 +382,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             np.ascontiguousarray(candidate_features, dtype=np.float32), binary_data=True
         )
         request = InferRequest(
-            model_name=self.settings.ranker_model_name,
+            model_name=model_name,
             infer_inputs=[user, movies, features],
             request_id=None,
         )
