@@ -612,11 +612,11 @@ def test_new_user_starts_cold_then_the_personal_channels_take_over(stack) -> Non
     recall = recall_pb2_grpc.RecallServiceStub(grpc.insecure_channel(f"127.0.0.1:{settings.recall_port}"))
     deadline = time.monotonic() + 1.0
     while True:
-        warm = stub.Recommend(_request(user, 20), timeout=10)
-        channels = {item.channel for item in warm.items}
-        recalled = recall.Recall(
+        recalled = recall.Recall(  # recall first: once it has the likes, the next Recommend has them too
             recall_pb2.RecallRequest(user_id=user, n=500, excluded_movie_ids=liked), timeout=10
         )
+        warm = stub.Recommend(_request(user, 20), timeout=10)
+        channels = {item.channel for item in warm.items}
         personal = {c for c in recalled.channels} & {"ease", "item2item", "embedding"}
         if (
             personal == {"ease", "item2item", "embedding"} and "cold_start" not in channels
