@@ -217,3 +217,35 @@ def test_team_draft_interleaving() -> None:
     assert same[0] == same[1] == same[2], "a request interleaves the same way every time"
     ids, teams = team_draft(np.array([1, 2]), np.array([1, 2, 3, 4]), 4, np.random.default_rng(0))
     assert sorted(ids.tolist()) == [1, 2, 3, 4], "when one arm runs out the other fills the list"
+
+
+def test_exposure_log_rotates_stays_bounded_and_skips_a_line_cut_by_a_crash(tmp_path: Path) -> None:
+    from starling.exposures import ExposureLog, exposure_dir, read_exposures, segments
+
+    log = ExposureLog(exposure_dir(tmp_path), max_segment_bytes=400, max_segments=3)
+    for i in range(40):
+        log.append(
+            {
+                "request_id": f"{i:032x}",
+                "time_us": 1_764_547_200_000_000 + i,
+                "user_id": i % 5,
+                "k": 2,
+                "model_version": "v1",
+                "experiments": [{"experiment": "ab", "arm": "a" if i % 2 else "b"}] if i % 4 else [],
+                "items": [1, 2],
+                "item_arms": ["", ""],
+            }
+        )
+    files = segments(exposure_dir(tmp_path))
+    assert len(files) == 3, "rotated, and only the newest files are kept"
+    with files[-1].open("ab") as handle:  # a crash in the middle of a write
+        handle.write(b'{"request_id": "cut sh')
+    frame = read_exposures(tmp_path)
+    assert frame["request_id"].to_list() == sorted(frame["request_id"].to_list())
+    assert frame["request_id"].to_list()[-1] == f"{39:032x}" and frame.height < 40
+    assert read_exposures(tmp_path, "ab")["experiments"].list.len().min() == 1
+
+    (tmp_path / "not-a-dir").write_text("")
+    broken = ExposureLog(tmp_path / "not-a-dir" / "exposures")
+    with pytest.raises(OSError):  # recommend counts this and serves the list anyway
+        broken.append({"request_id": "x"})

@@ -86,6 +86,11 @@ FEEDBACK_EVENTS = Counter(
     ["outcome"],
 )
 FEEDBACK_OUTCOMES = ("accepted", "duplicate", "rejected")
+EXPOSURES = Counter(
+    "starling_exposures_logged",
+    "Served lists appended to the exposure log (written), or not (failed: the list was still served).",
+    ["outcome"],
+)
 MODEL_INFO = Gauge("starling_model_info", "1 for the model version currently served.", ["version"])
 
 
@@ -134,6 +139,8 @@ def init_counters() -> None:
             STAGE_FALLBACKS.labels(stage, reason)
     for outcome in FEEDBACK_OUTCOMES:
         FEEDBACK_EVENTS.labels(outcome)
+    for outcome in ("written", "failed"):
+        EXPOSURES.labels(outcome)
 
 
 def count_feedback(accepted: int, duplicate: int, rejected: int) -> None:

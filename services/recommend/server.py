@@ -37,7 +37,7 @@ from services.common.following import every, follow, start_following_catalog
 from services.common.history import UserHistory
 from services.common.jsonlog import ThrottledLog
 from services.common.models import ranker_model_name
-from services.common.observability import MODEL_INFO, STAGE_FALLBACKS, STAGE_LATENCY
+from services.common.observability import EXPOSURES, MODEL_INFO, STAGE_FALLBACKS, STAGE_LATENCY
 from services.common.server import AdminServer, RunningService, run_service
 from services.recommend.catalog import CatalogServicer
 from services.recommend.dependencies import DependencyMonitor, grpc_health_probe
@@ -235,8 +235,18 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             experiments=[common_pb2.ExperimentArm(experiment=e, arm=a) for e, a in plan.reported],
         )
         if self.exposures is not None:
-            self.exposures.append(exposure_record(request_id, req, response, arms))
+            self._log_exposure(exposure_record(request_id, req, response, arms))
         return response
+
+    def _log_exposure(self, record: dict) -> None:
+        """Append to the exposure log; a log that cannot be written (full or read-only disk) is counted and
+        logged, and the list is still served."""
+        try:
+            self.exposures.append(record)
+            EXPOSURES.labels("written").inc()
+        except OSError as exc:
+            EXPOSURES.labels("failed").inc()
+            FALLBACK_LOG.warning("exposures:OSError", "exposure log not written", error=str(exc))
 
     async def _serve_arm(
         self,
