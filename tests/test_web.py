@@ -287,6 +287,12 @@ class DevTools:
         for kind in ("mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
+    def press(self, key: str, code: int, text: str = "") -> None:
+        """A real key press (down, with the character it types if any, and up) on whatever has the focus."""
+        down = {"type": "keyDown", "text": text} if text else {"type": "rawKeyDown"}
+        for event in (down, {"type": "keyUp"}):
+            self.send("Input.dispatchKeyEvent", key=key, code=key, windowsVirtualKeyCode=code, **event)
+
     def screenshot(self, width: int = 1280) -> bytes:
         """The whole page as PNG, at ``width`` CSS pixels."""
         self.evaluate("window.scrollTo(0, 0)")
@@ -476,6 +482,31 @@ def test_rating_from_the_movie_page(stack, browser: DevTools) -> None:
     assert png.startswith(b"\x89PNG") and len(png) < MAX_SCREENSHOT_BYTES
     (REPO_ROOT / "docs" / "screenshot-movie-page.png").write_bytes(png)
     assert browser.exceptions == []
+
+
+@pytest.mark.slow
+def test_a_rating_can_be_given_with_the_keyboard_alone(stack, browser: DevTools) -> None:
+    _, base = stack
+    user, movie_id = 3, 2  # user 3 has not rated Jumanji
+    assert browser.open(f"{base}/movies/{movie_id}?user={user}") == "ready"
+    browser.evaluate("document.querySelector('#your-rating select').focus()")
+    for _ in range(3):  # 5, 4.5, 4 (the placeholder comes first)
+        browser.press("ArrowDown", 40)
+    assert browser.evaluate("document.querySelector('#your-rating select').value") == "4"
+    browser.press("Tab", 9)
+    assert browser.evaluate("document.activeElement.textContent") == "Rate"
+    browser.press("Enter", 13, text="\r")
+    wait_until(
+        lambda: "★★★★ 4 on" in browser.evaluate("document.getElementById('your-rating-text').textContent"),
+        20,
+        "the keyboard rating to be saved",
+    )
+    mine = httpx.get(f"{base}/api/users/{user}/ratings?movie={movie_id}", timeout=30).json()
+    assert mine["ratings"][0]["rating"] == 4
+    labels = browser.evaluate(
+        "[...document.querySelectorAll('select, input')].filter(e => !e.labels?.length && !e.getAttribute('aria-label')).length"
+    )
+    assert labels == 0, "every control has a label"
 
 
 @pytest.mark.slow
