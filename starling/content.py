@@ -167,3 +167,41 @@ class TextEncoder:
                 out[start : start + len(vectors)] = vectors.float().cpu().numpy()
                 step.update(len(vectors))
         return out
+
+
+CONTENT_DIR = "content"
+
+
+def content_vectors(
+    workdir: Path, movies: pl.DataFrame, encoder: TextEncoder | None = None
+) -> tuple[np.ndarray, np.ndarray, EncoderInfo]:
+    """(movie ids, unit vectors [movies, 384], encoder info) for every movie of ``movies``, with the tags in
+    WORKDIR/tags.parquet when there are any."""
+    tags_path = Path(workdir) / "tags.parquet"
+    tags = pl.read_parquet(tags_path, columns=["movie_id", "tag"]) if tags_path.is_file() else None
+    texts = movie_texts(movies, tags).sort("movie_id")
+    encoder = encoder or TextEncoder()
+    vectors = encoder.encode(texts["text"].to_list(), progress_label="content vectors")
+    return texts["movie_id"].to_numpy(), vectors, encoder.info
+
+
+def save_content(
+    directory: Path, movie_ids: np.ndarray, vectors: np.ndarray, info: EncoderInfo
+) -> dict[str, object]:
+    """Write the vectors into ``directory`` (an artifact's ``content/``); returns the manifest entry."""
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / "movie_ids.npy", np.asarray(movie_ids, dtype=np.int64))
+    np.save(directory / "vectors.npy", np.asarray(vectors, dtype=np.float32))
+    return {
+        "movie_ids": f"{CONTENT_DIR}/movie_ids.npy",
+        "vectors": f"{CONTENT_DIR}/vectors.npy",
+        "movies": len(movie_ids),
+        "encoder": info.to_dict(),
+    }
+
+
+def load_content(artifact_path: Path, entry: dict[str, object]) -> tuple[np.ndarray, np.ndarray]:
+    """(movie ids, vectors) of an artifact's manifest entry ``content`` (files already checksum-verified)."""
+    movie_ids = np.load(Path(artifact_path) / str(entry["movie_ids"]), allow_pickle=False)
+    vectors = np.load(Path(artifact_path) / str(entry["vectors"]), allow_pickle=False)
+    return movie_ids, vectors

@@ -62,3 +62,25 @@ def test_the_encoder_runs_without_network_and_places_related_movies_close(
         and len(info["weights_sha256"]) == 64
     )
     assert (Path(encoder.tokenizer.name_or_path) / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_train_writes_content_vectors_of_the_catalog_into_the_artifact(ml_small_trained: Path) -> None:
+    from starling.content import load_content
+    from training.artifacts import load_artifact, resolve_artifact
+
+    artifact = load_artifact(resolve_artifact(ml_small_trained))  # every file checked against the manifest
+    entry = artifact.manifest["content"]
+    assert entry["encoder"]["package"] == PACKAGE and entry["encoder"]["package_version"] == "0.1.2"
+    assert {entry["movie_ids"], entry["vectors"]} <= set(artifact.manifest["files"])
+    movie_ids, vectors = load_content(artifact.path, entry)
+    catalog = pl.read_parquet(ml_small_trained / "movies.parquet")
+    assert movie_ids.tolist() == sorted(catalog["movie_id"].to_list()) and vectors.shape == (
+        len(movie_ids),
+        DIMENSIONS,
+    )
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    titles = dict(zip(catalog["movie_id"].to_list(), catalog["title"].to_list(), strict=True))
+    toy_story = int(np.searchsorted(movie_ids, 1))
+    nearest = np.argsort(-(vectors @ vectors[toy_story]))[1:4]
+    assert "Toy Story 2" in [titles[int(movie_ids[i])] for i in nearest]

@@ -436,7 +436,7 @@ def run_training(
     try:
         path = _write_version(
             writer, data, models, outcomes, baselines, recall_state, fingerprint,
-            serving_model, refused, refit_info,
+            serving_model, refused, refit_info, Path(workdir),
         )  # fmt: skip
     except BaseException:
         writer.abandon()
@@ -466,11 +466,19 @@ def _write_version(
     serving_model: str | None,
     refused: dict[str, str],
     refit_info: dict[str, Any] | None,
+    workdir: Path,
 ) -> Path:
     data.spec.save(writer.path("feature_spec.json"))
     train_history = data.ratings.filter(pl.col("event_timestamp") < data.valid_cutoff)
     PopularityScorer.fit(train_history["movie_id"].to_numpy()).save(writer.path("popularity.parquet"))
     recall_state.save(writer.path(f"{STATE_DIR}/params.json").parent)
+    content = None
+    if get_settings().content_vectors:  # the catalog's text through the language model (starling/content.py)
+        from starling.content import CONTENT_DIR, content_vectors, save_content
+
+        content = save_content(
+            writer.path(f"{CONTENT_DIR}/movie_ids.npy").parent, *content_vectors(workdir, data.movies)
+        )
     for name, outcome in outcomes.items():
         writer.add_model(
             name,
@@ -520,6 +528,7 @@ def _write_version(
             "feature_spec_version": data.spec.version,
             "popularity": "popularity.parquet",
             "recall_state": STATE_DIR,
+            "content": content,
             "models": {
                 name: {
                     "weights": f"{name}/weights.pt",
