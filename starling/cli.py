@@ -142,6 +142,11 @@ def features_online(workdir: Path, user_ids: tuple[int, ...], movie_ids: tuple[i
     show_default=True,
     help="Point `current` at the new version if it passes the quality gate.",
 )
+@click.option(
+    "--content-vectors/--no-content-vectors",
+    default=None,
+    help="Write the catalog's language-model vectors into the version (default: STARLING_CONTENT_VECTORS, on).",
+)
 def train(
     workdir: Path,
     model_name: str,
@@ -151,6 +156,7 @@ def train(
     step_days: float,
     refit: bool,
     publish: bool,
+    content_vectors: bool | None,
 ) -> None:
     """Train ranking model(s) on recalled candidates and write a versioned artifact under WORKDIR/models.
 
@@ -163,7 +169,13 @@ def train(
 
     config = WindowConfig(horizon_days=horizon_days, step_days=step_days, windows=windows)
     report = train_command(
-        workdir, model_name, epochs=epochs, publish=publish, windows=config, refit_serving=refit
+        workdir,
+        model_name,
+        epochs=epochs,
+        publish=publish,
+        windows=config,
+        refit_serving=refit,
+        content_vectors=content_vectors,
     )
     click.echo(report.summary())
 

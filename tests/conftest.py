@@ -11,6 +11,10 @@ import pytest
 
 from starling.config import REPO_ROOT, Settings
 
+# Content vectors (a language model over the whole catalog, ~25 s a training) only where a test asks for them:
+# the served ml-latest-small artifact (ml_small_trained) has them; the many other trainings skip them.
+os.environ.setdefault("STARLING_CONTENT_VECTORS", "0")
+
 ML_LATEST_SMALL = Path(
     os.environ.get("STARLING_ML_LATEST_SMALL", REPO_ROOT.parent / "shared" / "data" / "ml-latest-small")
 )
@@ -68,7 +72,7 @@ def ml_small_trained(ml_small_features: Path, tmp_path_factory: pytest.TempPathF
 
     workdir = copy_workdir(ml_small_features, tmp_path_factory.mktemp("ml_small_trained"))
     materialize(workdir)
-    train_command(workdir, "rank_mlp", publish=True, windows=fast_windows())
+    train_command(workdir, "rank_mlp", publish=True, windows=fast_windows(), content_vectors=True)
     return workdir
 
 

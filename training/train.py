@@ -355,8 +355,10 @@ def train_command(
     windows: WindowConfig | None = None,
     configs: dict[str, ModelConfig] | None = None,
     refit_serving: bool = True,
+    content_vectors: bool | None = None,
 ) -> TrainReport:
-    """Train ``model_name`` (or every model for ``all``) into a new version."""
+    """Train ``model_name`` (or every model for ``all``) into a new version; ``content_vectors`` (default:
+    STARLING_CONTENT_VECTORS) adds the catalog's language-model vectors to it."""
     names = model_names_for(model_name)
     if epochs is not None and epochs < 1:
         raise StarlingError(f"--epochs must be at least 1 (got {epochs})")
@@ -364,7 +366,7 @@ def train_command(
     data = prepare_ranking_data(workdir, windows)
     return run_training(
         workdir, data, names, default_config(names[0], epochs), publish=publish, configs=configs,
-        refit_serving=refit_serving,
+        refit_serving=refit_serving, content_vectors=content_vectors,
     )  # fmt: skip
 
 
@@ -384,6 +386,7 @@ def run_training(
     publish: bool = True,
     configs: dict[str, ModelConfig] | None = None,
     refit_serving: bool = True,
+    content_vectors: bool | None = None,
 ) -> TrainReport:
     """Steps 4-6: train, select, refit, write the version, gate, publish. ``configs`` overrides per model."""
     from training.recall_fit import fit_recall_state
@@ -437,6 +440,7 @@ def run_training(
         path = _write_version(
             writer, data, models, outcomes, baselines, recall_state, fingerprint,
             serving_model, refused, refit_info, Path(workdir),
+            settings.content_vectors if content_vectors is None else content_vectors,
         )  # fmt: skip
     except BaseException:
         writer.abandon()
@@ -467,13 +471,14 @@ def _write_version(
     refused: dict[str, str],
     refit_info: dict[str, Any] | None,
     workdir: Path,
+    with_content: bool,
 ) -> Path:
     data.spec.save(writer.path("feature_spec.json"))
     train_history = data.ratings.filter(pl.col("event_timestamp") < data.valid_cutoff)
     PopularityScorer.fit(train_history["movie_id"].to_numpy()).save(writer.path("popularity.parquet"))
     recall_state.save(writer.path(f"{STATE_DIR}/params.json").parent)
     content = None
-    if get_settings().content_vectors:  # the catalog's text through the language model (starling/content.py)
+    if with_content:  # the catalog's text through the language model (starling/content.py)
         from starling.content import CONTENT_DIR, content_vectors, save_content
 
         content = save_content(
