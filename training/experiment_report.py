@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -258,16 +259,22 @@ def sample_ratio_mismatch(
 
 
 # ------------------------------------------------------------------------------------------- interleaving
+def user_credits(credits: pl.DataFrame, user_ids: np.ndarray, arms: list[str]) -> pl.DataFrame:
+    """One row per exposed user: user_id and each arm's credits (a column per arm; 0 without any)."""
+    totals = credits.group_by("user_id").agg(
+        *[pl.col("credits").filter(pl.col("item_arm") == arm).sum().alias(arm) for arm in arms]
+    )
+    users = pl.DataFrame({"user_id": np.unique(user_ids)})
+    return users.join(totals, on="user_id", how="left").fill_null(0)
+
+
 def interleaving_analysis(credits: pl.DataFrame, user_ids: np.ndarray, arms: list[str]) -> dict[str, Any]:
     """Wins, losses and ties of ``arms[1]`` against ``arms[0]`` over the exposed ``user_ids`` (a user without
     credits is a tie), and a two-sided binomial sign test on wins vs losses.
 
     ``credits``: rows user_id, item_arm, credits (likes on items that arm contributed)."""
     control, treatment = arms
-    totals = credits.group_by("user_id").agg(
-        *[pl.col("credits").filter(pl.col("item_arm") == arm).sum().alias(arm) for arm in arms]
-    )
-    frame = pl.DataFrame({"user_id": np.unique(user_ids)}).join(totals, on="user_id", how="left").fill_null(0)
+    frame = user_credits(credits, user_ids, arms)
     a, b = frame[control].to_numpy(), frame[treatment].to_numpy()
     wins, losses = int((b > a).sum()), int((b < a).sum())
     ties = int(frame.height - wins - losses)
@@ -366,6 +373,38 @@ def report_path(workdir: Path, name: str) -> Path:
     return Path(workdir) / "reports" / f"experiment-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.png"
 
 
+@dataclass(frozen=True)
+class ExperimentLog:
+    """An experiment's lists and the feedback credited to them."""
+
+    exposures: pl.DataFrame  # the experiment's served lists, with the user's ``arm``
+    attributed: pl.DataFrame  # feedback credited to those lists (:func:`attribute`)
+    feedback_events: int  # feedback events in the log, credited or not
+
+
+def experiment_log(
+    workdir: Path, name: str, window_days: float = 7.0, like_threshold: float = 3.5
+) -> ExperimentLog:
+    """Read WORKDIR's exposure and feedback logs for experiment ``name``; a clear error when it has no lists."""
+    from starling.events import RATING_STREAM, read_all
+    from starling.exposures import exposure_dir, read_exposures
+
+    logged = with_arm(read_exposures(workdir), name)
+    exposures = logged.filter(pl.col("arm").is_not_null())
+    if exposures.is_empty():
+        raise StarlingError(
+            f"no exposures for experiment {name!r} in {exposure_dir(workdir)} ({logged.height:,} exposures of "
+            "other lists there): add the experiment to the experiments file (STARLING_EXPERIMENTS), let the "
+            "recommend service serve its users (it logs every list it serves unless STARLING_EXPOSURE_LOG=0), "
+            "then report again"
+        )
+    feedback = read_all(workdir, RATING_STREAM)
+    # Attribute over every logged list: a later list outside the experiment takes the credit for its movies.
+    attributed = attribute(logged, feedback, timedelta(days=window_days), like_threshold)
+    attributed = attributed.filter(pl.col("request_id").is_in(exposures["request_id"].implode()))
+    return ExperimentLog(exposures, attributed, feedback.height)
+
+
 def experiment_report(
     workdir: Path,
     name: str,
@@ -374,29 +413,14 @@ def experiment_report(
     window_days: float = 7.0,
     like_threshold: float = 3.5,
     plot: bool = True,
-    user_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The report of experiment ``name`` from WORKDIR's exposure log and feedback (see the module docstring).
 
     ``expected_shares``: {arm: percent} in config order (the first arm is the control), None when the
     experiment is not in the config (equal shares assumed); ``kind``: "ab" or "interleaving" (None: from the
     log, interleaving when the exposures carry the arm "interleaved")."""
-    from starling.events import RATING_STREAM, read_all
-    from starling.exposures import exposure_dir, read_exposures
-
-    logged = with_arm(read_exposures(workdir), name)
-    exposures = logged.filter(pl.col("arm").is_not_null())
-    if user_ids is not None:  # a subset of the users (e.g. how many users a result needs)
-        exposures = exposures.filter(
-            pl.col("user_id").is_in(pl.Series(list(user_ids), dtype=pl.Int64).implode())
-        )
-    if exposures.is_empty():
-        raise StarlingError(
-            f"no exposures for experiment {name!r} in {exposure_dir(workdir)} ({logged.height:,} exposures of "
-            "other lists there): add the experiment to the experiments file (STARLING_EXPERIMENTS), let the "
-            "recommend service serve its users (it logs every list it serves unless STARLING_EXPOSURE_LOG=0), "
-            "then report again"
-        )
+    log = experiment_log(workdir, name, window_days, like_threshold)
+    exposures, attributed = log.exposures, log.attributed
     notes: list[str] = []
     if kind is None:
         kind = "interleaving" if (exposures["arm"] == INTERLEAVED).any() else "ab"
@@ -405,11 +429,6 @@ def experiment_report(
             f"experiment {name!r} is not in the experiments config: control = first arm alphabetically"
             + ("; equal arm shares assumed for the sample-ratio check" if kind == "ab" else "")
         )
-    window = timedelta(days=window_days)
-    feedback = read_all(workdir, RATING_STREAM)
-    # Attribute over every logged list: a later list outside the experiment takes the credit for its movies.
-    attributed = attribute(logged, feedback, window, like_threshold)
-    attributed = attributed.filter(pl.col("request_id").is_in(exposures["request_id"].implode()))
     counts = per_exposure(exposures, attributed)
     every = _bucket(exposures)
     report: dict[str, Any] = {
@@ -423,7 +442,7 @@ def experiment_report(
             "rule": "latest exposure of the user containing the movie, at or before the event",
             "window_days": window_days,
             "like": f"rating >= {like_threshold:g} or a watch",
-            "feedback_events": feedback.height,
+            "feedback_events": log.feedback_events,
             "attributed": {kind_: int(attributed[kind_.removesuffix("s")].sum()) for kind_ in KINDS},
         },
         "bucket": every,
@@ -571,25 +590,15 @@ def per_user_outcomes(
 ) -> tuple[str, pl.DataFrame]:
     """(kind, one row per user): A/B: user_id, arm, exposures, likes; interleaving: user_id and the credits of
     each arm (columns named after the arms)."""
-    from starling.events import RATING_STREAM, read_all
-    from starling.exposures import read_exposures
-
-    logged = with_arm(read_exposures(workdir), name)
-    exposures = logged.filter(pl.col("arm").is_not_null())
-    if exposures.is_empty():
-        raise StarlingError(f"no exposures for experiment {name!r}")
-    feedback = read_all(workdir, RATING_STREAM)
-    attributed = attribute(logged, feedback, timedelta(days=window_days), like_threshold)
-    attributed = attributed.filter(pl.col("request_id").is_in(exposures["request_id"].implode()))
+    log = experiment_log(workdir, name, window_days, like_threshold)
+    exposures = log.exposures
     if (exposures["arm"] == INTERLEAVED).any():
-        credits = item_arm_credits(exposures, attributed)
         arms = sorted(set(exposures["item_arms"].explode().drop_nulls().to_list()) - {""})
-        totals = credits.group_by("user_id").agg(
-            *[pl.col("credits").filter(pl.col("item_arm") == arm).sum().alias(arm) for arm in arms]
-        )
-        users = pl.DataFrame({"user_id": exposures["user_id"].unique()})
-        return "interleaving", users.join(totals, on="user_id", how="left").fill_null(0)
-    return "ab", per_user(per_exposure(exposures, attributed)).select("user_id", "arm", "exposures", "likes")
+        credits = item_arm_credits(exposures, log.attributed)
+        return "interleaving", user_credits(credits, exposures["user_id"].to_numpy(), arms)
+    return "ab", per_user(per_exposure(exposures, log.attributed)).select(
+        "user_id", "arm", "exposures", "likes"
+    )
 
 
 def power_at(
