@@ -25,7 +25,8 @@ from services.common.experiments import (
     parse_config,
 )
 from services.recommend.experiments import checked_forced_arms, serving_plan
-from services.recommend.interleaving import request_rng, team_draft
+from services.recommend.interleaving import team_draft
+from services.recommend.logic import request_rng
 from starling.v1 import common_pb2
 
 AB = {

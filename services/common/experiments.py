@@ -37,6 +37,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -106,20 +107,17 @@ class Experiment:
 
 
 @dataclass(frozen=True)
-class Assignment:
-    experiment: str
-    arm: str  # INTERLEAVED for interleaving experiments
-
-
-@dataclass(frozen=True)
 class ExperimentsConfig:
     experiments: tuple[Experiment, ...] = ()
     source: str = ""
 
-    @property
+    # Derived once per configuration (cached_property writes the instance dict, which a frozen dataclass
+    # allows): requests read them on every Recommend.
+    @cached_property
     def by_name(self) -> dict[str, Experiment]:
         return {e.name: e for e in self.experiments}
 
+    @cached_property
     def layer_ranges(self) -> dict[str, list[tuple[Experiment, int, int]]]:
         """Per layer: (experiment, first bucket, end bucket) in file order."""
         ranges: dict[str, list[tuple[Experiment, int, int]]] = {}
@@ -150,7 +148,7 @@ def arm_indices(config: ExperimentsConfig, name: str, user_ids: np.ndarray | Seq
     """For each user: the index of their arm in experiment ``name``, -1 when the user is not in it."""
     experiment = config.by_name[name]
     users = np.asarray(user_ids, dtype=np.int64)
-    _, start, end = next(r for r in config.layer_ranges()[experiment.layer] if r[0].name == name)
+    _, start, end = next(r for r in config.layer_ranges[experiment.layer] if r[0].name == name)
     layer_bucket = buckets(experiment.layer, users)
     inside = (layer_bucket >= start) & (layer_bucket < end)
     shares = np.array([arm.share for arm in experiment.arms], dtype=np.float64)
@@ -316,7 +314,7 @@ def parse_config(
         raise _fail(source, "experiments", f"duplicate experiment names {duplicates}")
     config = ExperimentsConfig(tuple(experiments), source)
     knob_layers: dict[str, str] = {}
-    for layer, ranges in config.layer_ranges().items():
+    for layer, ranges in config.layer_ranges.items():
         total = sum(e.traffic for e, _, _ in ranges)
         if total > 100 + 1e-9:
             raise _fail(

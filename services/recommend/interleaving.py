@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.recommend.logic import ServedList, lookup
+from services.recommend.logic import ServedList, lookup, request_rng
 
 
 def team_draft(
@@ -40,11 +40,6 @@ def team_draft(
         else:
             break  # both lists exhausted
     return np.asarray(ids, dtype=np.int64), np.asarray(teams, dtype=np.int64)
-
-
-def request_rng(request_id: str) -> np.random.Generator:
-    """A generator seeded by the request id (a hex uuid): the same request interleaves the same way."""
-    return np.random.default_rng(int(request_id[:16], 16))
 
 
 def interleave(

@@ -108,10 +108,16 @@ class ServedList:
     model_version: str
 
 
+def request_rng(request_id: str) -> np.random.Generator:
+    """A generator seeded by the request id (a hex uuid): the same request draws the same way (the random
+    arm's order, team-draft interleaving's coins)."""
+    return np.random.default_rng(int(request_id[:16], 16))
+
+
 def random_order_scores(n: int, request_id: str) -> np.ndarray:
     """Scores that put the candidates in a random order, fixed by the request id (the deliberately worse
     ``ranker: random`` arm of an experiment)."""
-    rng = np.random.default_rng(int(request_id[:16], 16))
+    rng = request_rng(request_id)
     return (1.0 - rng.permutation(n) / max(n, 1)).astype(np.float32)
 
 
