@@ -43,6 +43,11 @@ def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
 
 
+def dry_run_install(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`helm install --dry-run=client` of the chart as release "starling" (prints the NOTES)."""
+    return run_helm(helm, "install", "starling", str(CHART), "-n", NAMESPACE, "--dry-run=client", *args)
+
+
 def render(helm: str, values: Path | None = None, *sets: str) -> list[Manifest]:
     """`helm template` of the chart as release "starling" in namespace "starling"; returns the objects."""
     args = ["template", "starling", str(CHART), "--namespace", NAMESPACE]
@@ -731,7 +736,7 @@ def test_dashboard_and_rules(rendered: dict[str, list[Manifest]]) -> None:
 
 
 def test_notes_tell_how_to_call_the_service(helm: str) -> None:
-    done = run_helm(helm, "install", "starling", str(CHART), "--namespace", NAMESPACE, "--dry-run=client")
+    done = dry_run_install(helm)
     assert done.returncode == 0, done.stderr
     notes = done.stdout.split("NOTES:", 1)[1]
     assert "kubectl -n starling port-forward svc/starling-recommend 50051:50051" in notes
@@ -915,17 +920,7 @@ def test_web_gateway_settings_and_secrets(helm: str, rendered: dict[str, list[Ma
     assert env_of(web_container(token))["STARLING_API_TOKEN"] == {
         "secretKeyRef": {"name": "web-token", "key": "api-token"}
     }
-    done = run_helm(
-        helm,
-        "install",
-        "starling",
-        str(CHART),
-        "-n",
-        NAMESPACE,
-        "--dry-run=client",
-        "--set",
-        "auth.existingSecret=k",
-    )
+    done = dry_run_install(helm, "--set", "auth.existingSecret=k")
     assert done.returncode == 0, done.stderr
     assert "web.apiTokenSecret" in done.stdout.split("NOTES:", 1)[1], "NOTES warn that web cannot write"
 
@@ -1014,17 +1009,7 @@ def test_web_gateway_ingress(helm: str, rendered: dict[str, list[Manifest]]) -> 
     done = run_helm(helm, "template", "starling", str(CHART), "--set", "web.ingress.enabled=true")
     assert done.returncode != 0 and "at least one host in web.ingress.hosts" in done.stderr
 
-    done = run_helm(
-        helm,
-        "install",
-        "starling",
-        str(CHART),
-        "-n",
-        NAMESPACE,
-        "--dry-run=client",
-        "-f",
-        str(PRODUCTION_VALUES),
-    )
+    done = dry_run_install(helm, "-f", str(PRODUCTION_VALUES))
     assert done.returncode == 0, done.stderr
     assert "https://movies.example.com/" in done.stdout.split("NOTES:", 1)[1]
 
@@ -1052,17 +1037,7 @@ def test_web_gateway_can_be_turned_off(helm: str) -> None:
     (monitor,) = find(manifests, "ServiceMonitor")
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
     assert "web" not in monitor["spec"]["selector"]["matchExpressions"][0]["values"]
-    done = run_helm(
-        helm,
-        "install",
-        "starling",
-        str(CHART),
-        "-n",
-        NAMESPACE,
-        "--dry-run=client",
-        "--set",
-        "web.enabled=false",
-    )
+    done = dry_run_install(helm, "--set", "web.enabled=false")
     assert done.returncode == 0, done.stderr
     assert "svc/starling-web" not in done.stdout.split("NOTES:", 1)[1]
 

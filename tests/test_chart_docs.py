@@ -180,14 +180,21 @@ class FakeRecommend(recommend_pb2_grpc.RecommendServiceServicer):
 
 
 async def run_against_server(
-    script: str, items: int, serving: bool = True, env: dict[str, str] | None = None
+    script: str,
+    items: int,
+    serving: bool = True,
+    env: dict[str, str] | None = None,
+    with_recommend: bool = True,
 ) -> tuple[int, str, FakeRecommend]:
+    """Run the helm test ``script`` against a local server answering health (``serving``) and, unless
+    ``with_recommend`` is off, Recommend with ``items`` items; (exit code, output, the servicer)."""
     servicer = FakeRecommend(items)
     health_servicer = health.aio.HealthServicer()
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     await health_servicer.set("", status)
     server = grpc.aio.server()
-    recommend_pb2_grpc.add_RecommendServiceServicer_to_server(servicer, server)
+    if with_recommend:
+        recommend_pb2_grpc.add_RecommendServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -232,29 +239,7 @@ def test_helm_test_script_fails_without_items_or_health(test_pod: Manifest) -> N
 
 def test_helm_test_script_fails_when_recommend_is_unreachable(test_pod: Manifest) -> None:
     """A server without RecommendService: the call errors (UNIMPLEMENTED) and the script exits non-zero."""
-
-    async def run() -> tuple[int, str]:
-        health_servicer = health.aio.HealthServicer()
-        server = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                script_of(test_pod),
-                cwd=REPO_ROOT,
-                env={"STARLING_HELM_TEST_TARGET": f"127.0.0.1:{port}", "PATH": "/usr/bin:/bin"},
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-        finally:
-            await server.stop(None)
-        return process.returncode or 0, output.decode()
-
-    code, output = asyncio.run(run())
+    code, output, _ = asyncio.run(run_against_server(script_of(test_pod), items=1, with_recommend=False))
     assert code != 0 and "UNIMPLEMENTED" in output, output
 
 
