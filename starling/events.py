@@ -14,7 +14,8 @@ minute of single files. :func:`verify` (``starling events verify``) checks every
 
 Streams:
 - ``ratings``: user_id, movie_id, rating (float32; NaN for implicit kinds), event_timestamp (UTC), kind
-  ("rating", "click", "watch");
+  ("rating", "click", "watch"), request_id (the Recommend answer the event responds to; null when not sent,
+  and in files written before the column existed);
 - ``movies``: movie_id, title, release_year, genres (catalog upserts).
 """
 
@@ -38,6 +39,7 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "rating": pl.Float32(),
         "event_timestamp": pl.Datetime("us", "UTC"),
         "kind": pl.String(),
+        "request_id": pl.String(),
     },
     MOVIE_STREAM: {
         "movie_id": pl.Int64(),
@@ -45,6 +47,11 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "release_year": pl.Int32(),
         "genres": pl.List(pl.String()),
     },
+}
+# Columns added after files were first written: an older file without them reads as nulls.
+OPTIONAL_COLUMNS: dict[str, frozenset[str]] = {
+    RATING_STREAM: frozenset({"request_id"}),
+    MOVIE_STREAM: frozenset(),
 }
 _sequence = itertools.count()
 
@@ -54,10 +61,14 @@ def stream_dir(workdir: Path, stream: str) -> Path:
 
 
 def append(workdir: Path, stream: str, frame: pl.DataFrame) -> Path:
-    """Durably append ``frame`` (cast to the stream's schema) as one new file; returns its path."""
+    """Durably append ``frame`` (cast to the stream's schema; optional columns it lacks are null) as one new
+    file; returns its path."""
     directory = stream_dir(workdir, stream)
     directory.mkdir(parents=True, exist_ok=True)
-    frame = frame.select([pl.col(name).cast(dtype) for name, dtype in SCHEMAS[stream].items()])
+    lacking = [name for name in OPTIONAL_COLUMNS[stream] if name not in frame.columns]
+    frame = frame.with_columns(pl.lit(None).alias(name) for name in lacking).select(
+        [pl.col(name).cast(dtype) for name, dtype in SCHEMAS[stream].items()]
+    )
     name = f"{time.time_ns():020d}-{os.getpid()}-{next(_sequence):06d}.parquet"
     return _write_durably(directory, name, frame)
 
@@ -92,9 +103,13 @@ def _log_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("[0-9]*.parquet")) if directory.is_dir() else []
 
 
-def _with_provenance(path: Path) -> pl.DataFrame:
-    """A file's rows with (_source, _row): a segment has them; a single file gets its own name."""
+def _with_provenance(path: Path, stream: str) -> pl.DataFrame:
+    """A file's rows with (_source, _row): a segment has them; a single file gets its own name. Optional
+    columns the file lacks are added as nulls."""
     frame = pl.read_parquet(path)
+    lacking = [name for name in OPTIONAL_COLUMNS[stream] if name not in frame.columns]
+    if lacking:
+        frame = frame.with_columns(pl.lit(None, SCHEMAS[stream][name]).alias(name) for name in lacking)
     if is_segment(path):
         return frame
     return frame.with_columns(
@@ -102,11 +117,14 @@ def _with_provenance(path: Path) -> pl.DataFrame:
     )
 
 
-def _read(files: list[Path], skip_sources: set[str] | frozenset[str] = frozenset()) -> pl.DataFrame | None:
+def _read(
+    files: list[Path], stream: str, skip_sources: set[str] | frozenset[str] = frozenset()
+) -> pl.DataFrame | None:
     """The files' events in order, each (_source, _row) once and none from ``skip_sources``."""
     if not files:
         return None
-    frame = pl.concat([_with_provenance(f) for f in files], how="vertical_relaxed")
+    columns = [*SCHEMAS[stream], SOURCE, ROW]
+    frame = pl.concat([_with_provenance(f, stream).select(columns) for f in files], how="vertical_relaxed")
     if skip_sources:
         frame = frame.filter(~pl.col(SOURCE).is_in(list(skip_sources)))
     return frame.unique([SOURCE, ROW], keep="first", maintain_order=True).sort(
@@ -126,7 +144,7 @@ def read_all(workdir: Path, stream: str) -> pl.DataFrame:
     """Every event of a stream, in write order (an empty frame with the schema when there are none)."""
     files = _log_files(stream_dir(workdir, stream))
     covered = _covered(files)
-    frame = _read([f for f in files if is_segment(f) or f.name not in covered])
+    frame = _read([f for f in files if is_segment(f) or f.name not in covered], stream)
     if frame is None:
         return pl.DataFrame(schema=SCHEMAS[stream])
     return frame.drop(SOURCE, ROW)
@@ -150,7 +168,7 @@ def compact(
         for f in stale:
             f.unlink(missing_ok=True)
         return None
-    frame = _read(folded)
+    frame = _read(folded, stream)
     sources = frame[SOURCE]
     name = (
         f"{sources.min().removesuffix('.parquet')}~{sources.max().removesuffix('.parquet')}{SEGMENT_SUFFIX}"
@@ -173,7 +191,7 @@ def verify(workdir: Path, stream: str) -> dict[str, object]:
         except Exception as exc:
             problems.append(f"{f.name}: unreadable ({exc})")
             continue
-        missing = sorted(set(SCHEMAS[stream]) - columns)
+        missing = sorted(set(SCHEMAS[stream]) - OPTIONAL_COLUMNS[stream] - columns)
         if missing:
             problems.append(f"{f.name}: missing columns {missing}")
     events = read_all(workdir, stream).height if not problems else None
@@ -210,7 +228,11 @@ class EventFollower:
             if not new:
                 return None
             covered = _covered(new)
-            frame = _read([f for f in new if is_segment(f) or f.name not in covered], skip_sources=self.seen)
+            frame = _read(
+                [f for f in new if is_segment(f) or f.name not in covered],
+                self.stream,
+                skip_sources=self.seen,
+            )
             self.seen.update(f.name for f in new)
             self.seen.update(covered)
         if frame is None or frame.height == 0:

@@ -368,6 +368,7 @@ class _Served:
     experiments: list[dict[str, str]]
     model_version: str
     item_arms: list[str] = field(default_factory=list)  # interleaving: the arm that contributed each item
+    request_id: str = ""  # the answer's request_id, which the feedback on it names
     error: str = ""  # "Recommend: CODE" when the call failed
     detail: str = ""
     skipped: bool = False  # past the deadline: not asked
@@ -396,6 +397,7 @@ def _recommend(stub, user_id: int, k: int, deadline: float, timeout_s: float) ->
         experiments,
         response.model_version,
         item_arms=[str(getattr(item, "arm", "")) for item in items],
+        request_id=response.request_id,
     )
 
 
@@ -544,6 +546,7 @@ def run_simulation(
                             kind=recommend_pb2.FEEDBACK_KIND_RATING,
                             rating=float(responses.rating[row, col]),
                             time=now,
+                            request_id=served[row].request_id,
                         )
                         for col in np.flatnonzero(responses.clicked[row])
                     ]

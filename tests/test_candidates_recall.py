@@ -359,7 +359,7 @@ def test_a_re_rating_counts_by_event_time_not_arrival_like_features_build(tmp_pa
             "event_timestamp": [later, earlier, T0],
             "kind": ["rating"] * 3,
         },
-        schema=events.SCHEMAS[events.RATING_STREAM],
+        schema_overrides=events.SCHEMAS[events.RATING_STREAM],
     )
     for row in range(3):  # one log file per call, in arrival order
         events.append(tmp_path, events.RATING_STREAM, feedback[row : row + 1])

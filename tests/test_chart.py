@@ -719,7 +719,7 @@ def test_dashboard_and_rules(rendered: dict[str, list[Manifest]]) -> None:
     dashboard_map = find(manifests, "ConfigMap", "starling-dashboard")[0]
     assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(dashboard_map["data"]["starling.json"])
-    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
     for metric in (
         "starling_grpc_server_handling_seconds_bucket",
         "starling_grpc_server_handled_total",
@@ -727,8 +727,14 @@ def test_dashboard_and_rules(rendered: dict[str, list[Manifest]]) -> None:
         "starling_stage_fallbacks_total",
         "starling_model_info",
         "starling_feature_materialized_timestamp_seconds",
+        "starling_experiment_exposures_total",
+        "starling_experiment_feedback_total",
     ):
         assert metric in exprs, metric
+    rows = [p for p in dashboard["panels"] if p["type"] == "row"]
+    assert [r.get("repeat") for r in rows] == ["experiment"], "one row per experiment"
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "experiment")
+    assert "starling_experiment_exposures_total" in variable["definition"] and variable["includeAll"]
     assert "histogram_quantile(0.99" in exprs
     rules = find(manifests, "PrometheusRule")[0]["spec"]["groups"][0]["rules"]
     assert {r["alert"] for r in rules} >= {"StarlingRecommendLatencyHigh", "StarlingErrorRateHigh"}

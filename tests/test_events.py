@@ -24,7 +24,7 @@ def _event(i: int) -> pl.DataFrame:
             "event_timestamp": [T0 + dt.timedelta(minutes=i)],
             "kind": ["rating"],
         },
-        schema=events.SCHEMAS[events.RATING_STREAM],
+        schema_overrides=events.SCHEMAS[events.RATING_STREAM],
     )
 
 
@@ -92,3 +92,22 @@ def test_recent_files_stay_single_and_the_cli_reports(tmp_path: Path) -> None:
     (directory / "99999999999999999999-1-000000.parquet").write_bytes(b"not parquet")
     broken = CliRunner().invoke(cli, ["events", "verify", str(tmp_path)])
     assert broken.exit_code == 2 and "unreadable" in broken.output
+
+
+def test_files_written_before_request_id_existed_read_as_null(tmp_path: Path) -> None:
+    """The ratings stream gained request_id: a file without it still reads, verifies, compacts and follows."""
+    directory = events.stream_dir(tmp_path, events.RATING_STREAM)
+    directory.mkdir(parents=True)
+    _event(1).write_parquet(directory / "00000000000000000001-1-000000.parquet")
+    follower = events.EventFollower(tmp_path, events.RATING_STREAM)
+    with_id = _event(2).with_columns(request_id=pl.lit("abc123"))
+    events.append(tmp_path, events.RATING_STREAM, with_id)
+    events.append(tmp_path, events.RATING_STREAM, _event(3))  # a caller without it
+    read = events.read_all(tmp_path, events.RATING_STREAM)
+    assert read["request_id"].to_list() == [None, "abc123", None]
+    assert read.schema == pl.Schema(events.SCHEMAS[events.RATING_STREAM])
+    assert events.verify(tmp_path, events.RATING_STREAM)["problems"] == []
+    followed = follower.poll()
+    assert followed is not None and followed["request_id"].to_list() == [None, "abc123", None]
+    assert events.compact(tmp_path, events.RATING_STREAM, min_age_s=0) is not None
+    assert events.read_all(tmp_path, events.RATING_STREAM)["request_id"].to_list() == [None, "abc123", None]

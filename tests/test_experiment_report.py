@@ -56,12 +56,23 @@ def write_exposures(
     log.close()
 
 
-def write_feedback(workdir: Path, rows: list[tuple[int, int, datetime, str, float]]) -> None:
-    """rows: (user_id, movie_id, time, kind, rating)."""
+def write_feedback(
+    workdir: Path,
+    rows: list[tuple[int, int, datetime, str, float]],
+    request_ids: list[str | None] | None = None,
+) -> None:
+    """rows: (user_id, movie_id, time, kind, rating); ``request_ids``: the list each event names, if any."""
     user, movie, when, kind, rating = zip(*rows, strict=True)
     frame = pl.DataFrame(
-        {"user_id": user, "movie_id": movie, "event_timestamp": when, "kind": kind, "rating": rating},
-        schema_overrides={"event_timestamp": pl.Datetime("us", "UTC")},
+        {
+            "user_id": user,
+            "movie_id": movie,
+            "event_timestamp": when,
+            "kind": kind,
+            "rating": rating,
+            "request_id": request_ids or [None] * len(rows),
+        },
+        schema_overrides={"event_timestamp": pl.Datetime("us", "UTC"), "request_id": pl.String},
     )
     append(workdir, RATING_STREAM, frame)
 
@@ -116,6 +127,36 @@ def test_attribution_latest_exposure_within_window(tmp_path: Path) -> None:
 
     short = attribute(read_exposures(tmp_path), read_all(tmp_path, RATING_STREAM), timedelta(minutes=30))
     assert set(short["request_id"]) == {"e3"}  # every other event is over 30 minutes after its list
+
+
+def test_an_event_naming_its_list_is_credited_to_that_list(tmp_path: Path) -> None:
+    write_exposures(
+        tmp_path,
+        "ab",
+        [
+            ("e1", 1, T0, [10, 11], "control", None),
+            ("e2", 1, T0 + HOUR, [10, 11], "control", None),
+            ("e3", 2, T0, [11], "treatment", None),
+        ],
+    )
+    write_feedback(
+        tmp_path,
+        [
+            (1, 10, T0 + 2 * HOUR, "rating", 4.0),  # names e1: e1, though e2 is later
+            (1, 11, T0 + 2 * HOUR, "rating", 4.0),  # names a list never logged: the latest list, e2
+            (2, 11, T0 + 2 * HOUR, "rating", 4.0),  # names user 1's list: not this user's, so by time (e3)
+            (1, 12, T0 + 2 * HOUR, "rating", 4.0),  # names e1, which did not show 12: nothing
+        ],
+        request_ids=["e1", "lost", "e1", "e1"],
+    )
+    from starling.events import read_all
+
+    attributed = attribute(read_exposures(tmp_path), read_all(tmp_path, RATING_STREAM), timedelta(days=7))
+    assert set(zip(attributed["request_id"], attributed["movie_id"], strict=True)) == {
+        ("e1", 10),
+        ("e2", 11),
+        ("e3", 11),
+    }
 
 
 # ------------------------------------------------------------------------------------------------------- A/B

@@ -24,7 +24,7 @@ from services.common.experiments import (
     buckets,
     parse_config,
 )
-from services.recommend.experiments import checked_forced_arms, serving_plan
+from services.recommend.experiments import RecentLists, checked_forced_arms, feedback_by_arm, serving_plan
 from services.recommend.interleaving import team_draft
 from services.recommend.logic import request_rng
 from starling.v1 import common_pb2
@@ -198,6 +198,70 @@ def test_serving_plan_and_forced_arms() -> None:
             checked_forced_arms([bad], config)
         assert str(err.value).startswith("context.force_arms[0]") and message in str(err.value)
     assert serving_plan([]).arm_overrides[0].knobs() == set()
+
+
+def _feedback(rows: list[tuple[int, int, str, float, str | None]]):
+    """rows: (user_id, movie_id, kind, rating, request_id), as the ratings stream holds them."""
+    import polars as pl
+
+    user, movie, kind, rating, request = zip(*rows, strict=True)
+    return pl.DataFrame(
+        {"user_id": user, "movie_id": movie, "kind": kind, "rating": rating, "request_id": request},
+        schema={
+            "user_id": pl.Int64,
+            "movie_id": pl.Int64,
+            "kind": pl.String,
+            "rating": pl.Float32,
+            "request_id": pl.String,
+        },
+    )
+
+
+def test_feedback_is_counted_under_the_arm_that_served_it() -> None:
+    config = config_of(AB, INTERLEAVING)
+    users = np.arange(1, 5000)
+    ab_arm = arm_indices(config, "ranker-vs-random", users)
+    interleaved = users[arm_indices(config, "recall-size", users) >= 0]
+    model_user, random_user = int(users[ab_arm == 0][0]), int(users[ab_arm == 1][0])
+    both = int(np.intersect1d(interleaved, users[ab_arm == 0])[0])  # in both layers
+    outside = int(np.setdiff1d(users, interleaved)[0])
+    recent = RecentLists(capacity=2)
+    recent.add(
+        "r-old", both, [("recall-size", INTERLEAVED)], np.array([5]), np.array(["small"], dtype=object)
+    )
+    recent.add(
+        "r1",
+        both,
+        [("ranker-vs-random", "model"), ("recall-size", INTERLEAVED)],
+        np.array([10, 11, 12]),
+        np.array(["small", "large", "small"], dtype=object),
+    )
+    recent.add(
+        "r2", random_user, [("ranker-vs-random", "model")], np.array([20]), np.array([""], dtype=object)
+    )
+    assert recent.served(["r-old"]).is_empty(), "the oldest list leaves a full memory"
+    events = _feedback(
+        [
+            (both, 11, "rating", 4.5, "r1"),  # contributed by "large": a like and a rating for it
+            (both, 10, "watch", float("nan"), "r1"),  # "small": a like, not a rating
+            (both, 99, "click", float("nan"), "r1"),  # not in r1: the user's interleaving arm
+            (random_user, 20, "rating", 2.0, "r2"),  # a forced list: the list's arm (model), not the hash's
+            (model_user, 7, "rating", 5.0, None),  # no request id: the assigned arm
+            (model_user, 8, "rating", 4.0, "someone-else"),  # unknown request: the assigned arm
+        ]
+    )
+    counts = {(e, a, s): n for e, a, s, n in feedback_by_arm(config, events, recent).iter_rows()}
+    assert counts[("recall-size", "large", "like")] == 1 and counts[("recall-size", "large", "rating")] == 1
+    assert counts[("recall-size", "small", "like")] == 1 and ("recall-size", "small", "rating") not in counts
+    assert counts[("recall-size", INTERLEAVED, "click")] == 1
+    assert (
+        counts[("ranker-vs-random", "model", "rating")] == 2 + 1 + 1
+    )  # both (r1), random_user (r2), model_user x2
+    assert counts[("ranker-vs-random", "model", "like")] == 2 + 2
+    assert ("ranker-vs-random", "random", "rating") not in counts
+    assert feedback_by_arm(config_of(), events, recent).is_empty()
+    click = _feedback([(outside, 1, "click", float("nan"), None)])
+    assert feedback_by_arm(config_of(INTERLEAVING), click, RecentLists()).is_empty(), "not in the experiment"
 
 
 def test_team_draft_interleaving() -> None:

@@ -188,6 +188,46 @@ def test_an_arm_pins_a_model_version_that_the_ranker_loads_on_reload(stack) -> N
     config_path.write_text(yaml.safe_dump({"experiments": [AB]}))
 
 
+def _counter(settings: Settings, name: str, **labels: str) -> float:
+    """A counter's value on recommend's /metrics (0 when the label set is not there yet)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{settings.recommend_port + 1000}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == f"{name}_total" and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_exposures_and_feedback_are_counted_by_experiment_and_arm(stack) -> None:
+    settings, stub, config_path = stack
+    users = np.arange(1, 41)
+    model_user = int(users[arm_indices(load_config(config_path), "ranker-vs-random", users) == 0][0])
+    arm = {"experiment": "ranker-vs-random", "arm": "random"}
+    shown, liked = (
+        _counter(settings, "starling_experiment_exposures", **arm),
+        _counter(settings, "starling_experiment_feedback", **arm, signal="like"),
+    )
+    served = _recommend(stub, model_user, 5, {"ranker-vs-random": "random"})  # a "model" user, forced
+    event = recommend_pb2.FeedbackEvent(
+        user_id=model_user,
+        movie_id=served.items[1].movie_id,
+        kind=recommend_pb2.FEEDBACK_KIND_WATCH,
+        request_id=served.request_id,
+    )
+    assert stub.RecordFeedback(recommend_pb2.RecordFeedbackRequest(events=[event]), timeout=10).accepted == 1
+    assert _counter(settings, "starling_experiment_exposures", **arm) == shown + 1
+    assert _counter(settings, "starling_experiment_feedback", **arm, signal="like") == liked + 1, (
+        "the watch names the forced list: it counts for that list's arm, not the user's hashed arm"
+    )
+
+
 def test_acknowledged_exposures_and_feedback_survive_kill_9(stack) -> None:
     """Runs last: it kills recommend (the fixture's `down` cleans up)."""
     settings, stub, _ = stack

@@ -47,6 +47,7 @@ import grpc
 import pytest
 import yaml
 
+from starling.auth import authorized_channel, client_token
 from starling.config import REPO_ROOT, Settings
 from starling.local import read_state
 from starling.v1 import recommend_pb2, recommend_pb2_grpc
@@ -59,6 +60,7 @@ NAMESPACE = "starling"
 RATE_WINDOW = "30s"
 FOR = "1s"  # the rules' `for` in the test: an alert fires within seconds of its condition
 LOAD_SECONDS = 16.0
+EXPERIMENT = "ranker-vs-random"  # the A/B test the stack runs, for the dashboard's experiment row
 STACK = ("recommend", "candidates", "recall", "rerank", "ranker", "web")
 FALLBACK_STAGES = {"candidates", "recall", "ranker", "rerank", "features"}
 # A trailing comparison against a number: "<measurement> > 0.25".
@@ -114,7 +116,11 @@ def rules_of(groups: list[dict[str, Any]], alert: str) -> list[dict[str, Any]]:
 
 
 def grafana_substitute(expr: str) -> str:
-    return expr.replace("$__rate_interval", RATE_WINDOW).replace("$namespace", NAMESPACE)
+    return (
+        expr.replace("$__rate_interval", RATE_WINDOW)
+        .replace("$namespace", NAMESPACE)
+        .replace("$experiment", EXPERIMENT)
+    )
 
 
 def measurement(expr: str) -> str:
@@ -155,7 +161,15 @@ def stack(workdir: Path) -> Iterator[Settings]:
 
     # running_stack's generous deadlines: fallbacks must come from the killed stage, not a busy machine.
     # Unsupervised: a killed service stays down (the supervisor would restart it within seconds).
-    with running_stack(workdir, supervise=False) as settings:
+    experiments = workdir / "experiments.yaml"
+    arms = [
+        {"name": "model", "share": 50},
+        {"name": "random", "share": 50, "overrides": {"ranker": "random"}},
+    ]
+    experiments.write_text(
+        yaml.safe_dump({"experiments": [{"name": EXPERIMENT, "layer": "ranking", "salt": "p", "arms": arms}]})
+    )
+    with running_stack(workdir, supervise=False, experiments=experiments) as settings:
         yield settings
 
 
@@ -383,7 +397,8 @@ def run_load(settings: Settings, workdir: Path) -> dict[str, int]:
     lock = threading.Lock()
 
     def client(offset: int) -> None:
-        with grpc.insecure_channel(f"127.0.0.1:{settings.recommend_port}") as channel:
+        target = f"127.0.0.1:{settings.recommend_port}"
+        with authorized_channel(target, client_token(settings)) as channel:
             stub = recommend_pb2_grpc.RecommendServiceStub(channel)
             n = 0
             while not stop.is_set():
@@ -391,7 +406,15 @@ def run_load(settings: Settings, workdir: Path) -> dict[str, int]:
                 k = 0 if n % 10 == 0 else 10  # every 10th call is invalid (k must be 1..500)
                 user_id = (offset * 97 + n) % 610 + 1
                 try:
-                    stub.Recommend(recommend_pb2.RecommendRequest(user_id=user_id, k=k), timeout=10)
+                    served = stub.Recommend(recommend_pb2.RecommendRequest(user_id=user_id, k=k), timeout=10)
+                    if n % 3 == 0:  # a watch of the second item, naming its list (the experiment row)
+                        event = recommend_pb2.FeedbackEvent(
+                            user_id=user_id,
+                            movie_id=served.items[1].movie_id,
+                            kind=recommend_pb2.FEEDBACK_KIND_WATCH,
+                            request_id=served.request_id,
+                        )
+                        stub.RecordFeedback(recommend_pb2.RecordFeedbackRequest(events=[event]), timeout=10)
                     outcome = "ok"
                 except grpc.RpcError as exc:
                     outcome = "bad" if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else "failed"
@@ -519,7 +542,7 @@ def test_every_dashboard_and_alert_expression_returns_data(
 
     expressions: list[tuple[str, str]] = []  # (what, PromQL)
     for panel in dashboard["panels"]:
-        for target in panel["targets"]:
+        for target in panel.get("targets", []):  # a row has none
             expressions.append(
                 (f"panel {panel['title']} [{target['legendFormat']}]", grafana_substitute(target["expr"]))
             )

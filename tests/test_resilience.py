@@ -323,7 +323,7 @@ def test_recommend_killed_between_log_and_push_repairs_the_online_store_on_resta
             "event_timestamp": [dt.datetime(2024, 6, 1, tzinfo=dt.UTC)] * 3,
             "kind": ["rating"] * 3,
         },
-        schema=events.SCHEMAS[events.RATING_STREAM],
+        schema_overrides=events.SCHEMAS[events.RATING_STREAM],
     )
     events.append(fuzz_stack.workdir, events.RATING_STREAM, logged)  # durable; nobody alive to push it
     assert read_online_features(fuzz_stack.workdir, [user], [])["users"][0].get("user_rating_count") is None

@@ -475,6 +475,36 @@ def test_bad_feedback_events_are_rejected_one_by_one_and_good_ones_kept(stack) -
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1000" in err.value.details()
 
 
+def test_feedback_names_the_list_it_responds_to(stack) -> None:
+    import polars as pl
+
+    from starling.events import RATING_STREAM, read_all
+
+    settings, stub = stack
+    served = stub.Recommend(recommend_pb2.RecommendRequest(user_id=9, k=3), timeout=10)
+    named = recommend_pb2.FeedbackEvent(
+        user_id=9,
+        movie_id=served.items[0].movie_id,
+        kind=recommend_pb2.FEEDBACK_KIND_CLICK,
+        request_id=served.request_id,
+    )
+    too_long = recommend_pb2.FeedbackEvent(
+        user_id=9, movie_id=1, kind=recommend_pb2.FEEDBACK_KIND_CLICK, request_id="a" * 65
+    )
+    odd = recommend_pb2.FeedbackEvent(
+        user_id=9, movie_id=1, kind=recommend_pb2.FEEDBACK_KIND_CLICK, request_id="a b"
+    )
+    reply = stub.RecordFeedback(
+        recommend_pb2.RecordFeedbackRequest(events=[named, too_long, odd]), timeout=10
+    )
+    assert [r.accepted for r in reply.results] == [True, False, False]
+    assert all("request_id must be at most 64 letters" in r.reason for r in reply.results[1:])
+    logged = read_all(settings.workdir, RATING_STREAM).filter(
+        pl.col("user_id") == 9, pl.col("kind") == "click"
+    )
+    assert logged["request_id"].to_list() == [served.request_id]
+
+
 def test_an_event_the_online_store_missed_is_repaired_without_further_input(stack) -> None:
     """The state a crash between the log append and the online push leaves: an event in the durable log whose
     user has no online row. Recommend replays the log (at start-up, and as it follows the log) and pushes."""
@@ -494,7 +524,7 @@ def test_an_event_the_online_store_missed_is_repaired_without_further_input(stac
             "event_timestamp": [dt.datetime(2024, 5, 1, tzinfo=dt.UTC)] * 2,
             "kind": ["rating", "rating"],
         },
-        schema=events.SCHEMAS[events.RATING_STREAM],
+        schema_overrides=events.SCHEMAS[events.RATING_STREAM],
     )
     events.append(settings.workdir, events.RATING_STREAM, logged)  # durable, never pushed
     deadline = time.monotonic() + 10

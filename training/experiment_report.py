@@ -65,8 +65,9 @@ def attribute(
     like_threshold: float = 3.5,
 ) -> pl.DataFrame:
     """One row per (exposure, movie) that got feedback: request_id, user_id, movie_id, position, item_arm and
-    the booleans like, rating, click (each event goes to the user's latest exposure holding the movie at or
-    before it, within ``window``)."""
+    the booleans like, rating, click. An event that names the request_id of a list that showed the user the
+    movie goes to that list; any other goes to the user's latest exposure holding the movie at or before it,
+    within ``window``."""
     shown = (
         exposures.select(
             "request_id",
@@ -84,25 +85,40 @@ def attribute(
         .unique(["request_id", "movie_id"], keep="first")  # a movie twice in one list counts once
         .sort("time_us", "request_id")
     )
+    if "request_id" not in feedback.columns:
+        feedback = feedback.with_columns(request_id=pl.lit(None, pl.String))
     rated = (pl.col("kind") == "rating") & pl.col("rating").is_not_nan() & pl.col("rating").is_not_null()
     events = feedback.select(
         "user_id",
         "movie_id",
+        pl.col("request_id").alias("named_request_id"),
         pl.col("event_timestamp").dt.epoch("us").alias("time_us"),
         like=(rated & (pl.col("rating") >= like_threshold)) | (pl.col("kind") == "watch"),
         rating=pl.col("kind") == "rating",
         click=pl.col("kind") == "click",
-    ).sort("time_us")
+    ).with_row_index("event")
+    named = events.join(
+        shown.drop("time_us"),
+        left_on=["named_request_id", "user_id", "movie_id"],
+        right_on=["request_id", "user_id", "movie_id"],
+        how="inner",
+    ).with_columns(request_id=pl.col("named_request_id"))
     window_us = int(window / timedelta(microseconds=1))
-    joined = events.join_asof(
-        shown.rename({"time_us": "exposure_time_us"}),
-        left_on="time_us",
-        right_on="exposure_time_us",
-        by=["user_id", "movie_id"],
-        strategy="backward",
-        tolerance=window_us,
-        check_sortedness=False,  # both sorted by time above; the check cannot run with `by`
+    by_time = (
+        events.filter(~pl.col("event").is_in(named["event"].implode()))
+        .sort("time_us")
+        .join_asof(
+            shown.rename({"time_us": "exposure_time_us"}),
+            left_on="time_us",
+            right_on="exposure_time_us",
+            by=["user_id", "movie_id"],
+            strategy="backward",
+            tolerance=window_us,
+            check_sortedness=False,  # both sorted by time above; the check cannot run with `by`
+        )
     )
+    columns = ["request_id", "user_id", "movie_id", "position", "item_arm", "like", "rating", "click"]
+    joined = pl.concat([named.select(columns), by_time.select(columns)])
     return (
         joined.filter(pl.col("request_id").is_not_null())
         .group_by("request_id", "movie_id")

@@ -91,6 +91,21 @@ EXPOSURES = Counter(
     "Served lists appended to the exposure log (written), or not (failed: the list was still served).",
     ["outcome"],
 )
+EXPERIMENT_EXPOSURES = Counter(
+    "starling_experiment_exposures",
+    "Lists served to users in an experiment, by experiment and arm (an interleaving experiment's lists: arm "
+    "'interleaved').",
+    ["experiment", "arm"],
+)
+EXPERIMENT_FEEDBACK = Counter(
+    "starling_experiment_feedback",
+    "Feedback events accepted from users in an experiment, by experiment, arm and signal (like: a rating of "
+    "3.5 or more, or a watch; rating; click). The arm is the one of the list the event names by request_id when "
+    "this process served it (in an interleaving experiment, the arm that contributed the movie), else the "
+    "user's assigned arm.",
+    ["experiment", "arm", "signal"],
+)
+EXPERIMENT_SIGNALS = ("like", "rating", "click")
 MODEL_INFO = Gauge("starling_model_info", "1 for the model version currently served.", ["version"])
 
 

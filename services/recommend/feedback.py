@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,8 @@ KIND_NAMES = {
 }
 _KIND_LOOKUP = np.array(["", "rating", "click", "watch"], dtype=object)  # indexed by FeedbackKind
 KEY = ["user_id", "movie_id", "event_timestamp"]
+MAX_REQUEST_ID = 64
+REQUEST_ID_PATTERN = rf"^[A-Za-z0-9_-]{{0,{MAX_REQUEST_ID}}}$"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class FeedbackBatch:
     has_time: np.ndarray  # bool
     seconds: np.ndarray  # int64, as sent (0 where not given)
     nanos: np.ndarray  # int64, as sent
+    request_ids: np.ndarray  # str (object): the Recommend answer each responds to; "" when not sent
 
     @property
     def times_us(self) -> np.ndarray:
@@ -75,6 +78,7 @@ class FeedbackBatch:
             has_time=np.fromiter((e.HasField("time") for e in events_), dtype=bool, count=len(events_)),
             seconds=np.fromiter((e.time.seconds for e in events_), dtype=np.int64, count=len(events_)),
             nanos=np.fromiter((e.time.nanos for e in events_), dtype=np.int64, count=len(events_)),
+            request_ids=np.array([e.request_id for e in events_], dtype=object),
         )
 
 
@@ -102,6 +106,11 @@ def rejection_reasons(batch: FeedbackBatch, catalog: Catalog, now_us: int, max_f
         np.char.add(ids("rating", batch.ratings).astype(str), " outside 0.5..5 in steps of 0.5").astype(
             object
         ),
+    )
+    well_formed = pl.Series(batch.request_ids, dtype=pl.String).str.contains(REQUEST_ID_PATTERN).to_numpy()
+    reject(
+        ~well_formed,
+        f"request_id must be at most {MAX_REQUEST_ID} letters, digits, '-' or '_' (a RecommendResponse.request_id)",
     )
     given = batch.has_time
     reject(given & ((batch.nanos < 0) | (batch.nanos > NANOS_MAX)), f"time.nanos must be 0..{NANOS_MAX}")
@@ -139,6 +148,8 @@ class FeedbackRecorder:
         self.known = pl.concat([base, logged]).unique()
         self.lock = threading.Lock()
         self.pending: set[int] = set()  # users whose online features still lag the log (a push failed)
+        # Called with the events of each batch once they are durable (the experiment counters).
+        self.on_recorded: Callable[[pl.DataFrame], None] | None = None
 
     def record(self, request: recommend_pb2.RecordFeedbackRequest) -> recommend_pb2.RecordFeedbackResponse:
         with self.lock:  # one batch at a time: duplicates are judged against everything recorded before
@@ -192,8 +203,11 @@ class FeedbackRecorder:
                 "rating": np.where(batch.kinds == recommend_pb2.FEEDBACK_KIND_RATING, batch.ratings, np.nan),
                 "event_timestamp": np.where(times_us > 0, times_us, now_us),
                 "kind": _KIND_LOOKUP[np.where(np.isin(batch.kinds, list(KIND_NAMES)), batch.kinds, 0)],
-            }
+                "request_id": batch.request_ids,
+            },
+            schema_overrides={"request_id": pl.String, "kind": pl.String},
         ).with_columns(
+            pl.col("request_id").replace("", None),
             pl.col("event_timestamp").cast(pl.Datetime("us", "UTC")),
             pl.col("rating").cast(pl.Float32),
             pl.int_range(pl.len()).alias("index"),
@@ -223,6 +237,8 @@ class FeedbackRecorder:
                     rated["event_timestamp"].dt.epoch("us").to_numpy(),
                 )
                 self.push_or_defer(np.unique(rated["user_id"].to_numpy()))
+            if self.on_recorded is not None:
+                self.on_recorded(fresh)
         count_feedback(
             accepted=int((accepted & ~duplicate).sum()),
             duplicate=int(duplicate.sum()),

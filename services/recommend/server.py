@@ -37,11 +37,18 @@ from services.common.following import every, follow, start_following_catalog
 from services.common.history import UserHistory
 from services.common.jsonlog import ThrottledLog
 from services.common.models import ranker_model_name
-from services.common.observability import EXPOSURES, MODEL_INFO, STAGE_FALLBACKS, STAGE_LATENCY
+from services.common.observability import (
+    EXPERIMENT_EXPOSURES,
+    EXPERIMENT_FEEDBACK,
+    EXPOSURES,
+    MODEL_INFO,
+    STAGE_FALLBACKS,
+    STAGE_LATENCY,
+)
 from services.common.server import AdminServer, RunningService, run_service
 from services.recommend.catalog import CatalogServicer
 from services.recommend.dependencies import DependencyMonitor, grpc_health_probe
-from services.recommend.experiments import checked_forced_arms, serving_plan
+from services.recommend.experiments import RecentLists, checked_forced_arms, feedback_by_arm, serving_plan
 from services.recommend.feedback import FeedbackRecorder
 from services.recommend.interleaving import interleave
 from services.recommend.logic import (
@@ -124,6 +131,8 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         self.feedback = feedback
         self.set_catalog(catalog)
         self.experiments = ExperimentsWatcher(settings.experiments, settings.workdir)
+        self.recent_lists = RecentLists()
+        feedback.on_recorded = self._count_experiment_feedback
         self.exposures = (
             ExposureLog(
                 exposure_dir(settings.workdir),
@@ -236,7 +245,15 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         )
         if self.exposures is not None:
             self._log_exposure(exposure_record(request_id, req, response, arms))
+        for experiment, arm in plan.reported:
+            EXPERIMENT_EXPOSURES.labels(experiment, arm).inc()
+        self.recent_lists.add(request_id, req.user_id, plan.reported, final.movie_ids, arms)
         return response
+
+    def _count_experiment_feedback(self, events: pl.DataFrame) -> None:
+        counts = feedback_by_arm(self.experiments.config, events, self.recent_lists)
+        for experiment, arm, signal, n in counts.iter_rows():  # one row per (experiment, arm, signal)
+            EXPERIMENT_FEEDBACK.labels(experiment, arm, signal).inc(n)
 
     def _log_exposure(self, record: dict) -> None:
         """Append to the exposure log; a log that cannot be written (full or read-only disk) is counted and

@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from starling.v1 import common_pb2 as starling_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bstarling/v1/recommend.proto\x12\x0bstarling.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18starling/v1/common.proto\"^\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\x12.\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1d.starling.v1.RecommendContext\"\xb9\x01\n\x0fRecommendedItem\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x0e\n\x06genres\x18\x05 \x03(\t\x12\x14\n\x0crelease_year\x18\x06 \x01(\x05\x12#\n\x06reason\x18\x07 \x01(\x0b\x32\x13.starling.v1.Reason\x12\r\n\x05match\x18\x08 \x01(\x02\x12\x0b\n\x03\x61rm\x18\t \x01(\t\"f\n\x06Reason\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.starling.v1.ReasonKind\x12\x18\n\x10\x62\x65\x63\x61use_movie_id\x18\x02 \x01(\x03\x12\r\n\x05genre\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\"\xc8\x01\n\x11RecommendResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.starling.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12*\n\x08\x64\x65graded\x18\x04 \x03(\x0b\x32\x18.starling.v1.Degradation\x12/\n\x0b\x65xperiments\x18\x05 \x03(\x0b\x32\x1a.starling.v1.ExperimentArm\"2\n\x13SimilarItemsRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\"W\n\x14SimilarItemsResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.starling.v1.RecommendedItem\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x95\x01\n\rFeedbackEvent\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08movie_id\x18\x02 \x01(\x03\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.starling.v1.FeedbackKind\x12\x0e\n\x06rating\x18\x04 \x01(\x02\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x15RecordFeedbackRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.starling.v1.FeedbackEvent\"E\n\x0e\x46\x65\x65\x64\x62\x61\x63kResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"j\n\x16RecordFeedbackResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.starling.v1.FeedbackResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\x12\x10\n\x08rejected\x18\x03 \x01(\x05*\xc0\x01\n\nReasonKind\x12\x1b\n\x17REASON_KIND_UNSPECIFIED\x10\x00\x12!\n\x1dREASON_KIND_BECAUSE_YOU_LIKED\x10\x01\x12 \n\x1cREASON_KIND_POPULAR_IN_GENRE\x10\x02\x12\x1b\n\x17REASON_KIND_NEW_RELEASE\x10\x03\x12\x17\n\x13REASON_KIND_POPULAR\x10\x04\x12\x1a\n\x16REASON_KIND_SIMILAR_TO\x10\x05*y\n\x0c\x46\x65\x65\x64\x62\x61\x63kKind\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x45\x45\x44\x42\x41\x43K_KIND_RATING\x10\x01\x12\x17\n\x13\x46\x45\x45\x44\x42\x41\x43K_KIND_CLICK\x10\x02\x12\x17\n\x13\x46\x45\x45\x44\x42\x41\x43K_KIND_WATCH\x10\x03\x32\x8e\x02\n\x10RecommendService\x12J\n\tRecommend\x12\x1d.starling.v1.RecommendRequest\x1a\x1e.starling.v1.RecommendResponse\x12S\n\x0cSimilarItems\x12 .starling.v1.SimilarItemsRequest\x1a!.starling.v1.SimilarItemsResponse\x12Y\n\x0eRecordFeedback\x12\".starling.v1.RecordFeedbackRequest\x1a#.starling.v1.RecordFeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bstarling/v1/recommend.proto\x12\x0bstarling.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18starling/v1/common.proto\"^\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\x12.\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1d.starling.v1.RecommendContext\"\xb9\x01\n\x0fRecommendedItem\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x0e\n\x06genres\x18\x05 \x03(\t\x12\x14\n\x0crelease_year\x18\x06 \x01(\x05\x12#\n\x06reason\x18\x07 \x01(\x0b\x32\x13.starling.v1.Reason\x12\r\n\x05match\x18\x08 \x01(\x02\x12\x0b\n\x03\x61rm\x18\t \x01(\t\"f\n\x06Reason\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.starling.v1.ReasonKind\x12\x18\n\x10\x62\x65\x63\x61use_movie_id\x18\x02 \x01(\x03\x12\r\n\x05genre\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\"\xc8\x01\n\x11RecommendResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.starling.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12*\n\x08\x64\x65graded\x18\x04 \x03(\x0b\x32\x18.starling.v1.Degradation\x12/\n\x0b\x65xperiments\x18\x05 \x03(\x0b\x32\x1a.starling.v1.ExperimentArm\"2\n\x13SimilarItemsRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\"W\n\x14SimilarItemsResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.starling.v1.RecommendedItem\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xa9\x01\n\rFeedbackEvent\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08movie_id\x18\x02 \x01(\x03\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.starling.v1.FeedbackKind\x12\x0e\n\x06rating\x18\x04 \x01(\x02\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"C\n\x15RecordFeedbackRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.starling.v1.FeedbackEvent\"E\n\x0e\x46\x65\x65\x64\x62\x61\x63kResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"j\n\x16RecordFeedbackResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.starling.v1.FeedbackResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x05\x12\x10\n\x08rejected\x18\x03 \x01(\x05*\xc0\x01\n\nReasonKind\x12\x1b\n\x17REASON_KIND_UNSPECIFIED\x10\x00\x12!\n\x1dREASON_KIND_BECAUSE_YOU_LIKED\x10\x01\x12 \n\x1cREASON_KIND_POPULAR_IN_GENRE\x10\x02\x12\x1b\n\x17REASON_KIND_NEW_RELEASE\x10\x03\x12\x17\n\x13REASON_KIND_POPULAR\x10\x04\x12\x1a\n\x16REASON_KIND_SIMILAR_TO\x10\x05*y\n\x0c\x46\x65\x65\x64\x62\x61\x63kKind\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x45\x45\x44\x42\x41\x43K_KIND_RATING\x10\x01\x12\x17\n\x13\x46\x45\x45\x44\x42\x41\x43K_KIND_CLICK\x10\x02\x12\x17\n\x13\x46\x45\x45\x44\x42\x41\x43K_KIND_WATCH\x10\x03\x32\x8e\x02\n\x10RecommendService\x12J\n\tRecommend\x12\x1d.starling.v1.RecommendRequest\x1a\x1e.starling.v1.RecommendResponse\x12S\n\x0cSimilarItems\x12 .starling.v1.SimilarItemsRequest\x1a!.starling.v1.SimilarItemsResponse\x12Y\n\x0eRecordFeedback\x12\".starling.v1.RecordFeedbackRequest\x1a#.starling.v1.RecordFeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'starling.v1.recommend_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REASONKIND']._serialized_start=1236
-  _globals['_REASONKIND']._serialized_end=1428
-  _globals['_FEEDBACKKIND']._serialized_start=1430
-  _globals['_FEEDBACKKIND']._serialized_end=1551
+  _globals['_REASONKIND']._serialized_start=1256
+  _globals['_REASONKIND']._serialized_end=1448
+  _globals['_FEEDBACKKIND']._serialized_start=1450
+  _globals['_FEEDBACKKIND']._serialized_end=1571
   _globals['_RECOMMENDREQUEST']._serialized_start=103
   _globals['_RECOMMENDREQUEST']._serialized_end=197
   _globals['_RECOMMENDEDITEM']._serialized_start=200
@@ -50,13 +50,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIMILARITEMSRESPONSE']._serialized_start=746
   _globals['_SIMILARITEMSRESPONSE']._serialized_end=833
   _globals['_FEEDBACKEVENT']._serialized_start=836
-  _globals['_FEEDBACKEVENT']._serialized_end=985
-  _globals['_RECORDFEEDBACKREQUEST']._serialized_start=987
-  _globals['_RECORDFEEDBACKREQUEST']._serialized_end=1054
-  _globals['_FEEDBACKRESULT']._serialized_start=1056
-  _globals['_FEEDBACKRESULT']._serialized_end=1125
-  _globals['_RECORDFEEDBACKRESPONSE']._serialized_start=1127
-  _globals['_RECORDFEEDBACKRESPONSE']._serialized_end=1233
-  _globals['_RECOMMENDSERVICE']._serialized_start=1554
-  _globals['_RECOMMENDSERVICE']._serialized_end=1824
+  _globals['_FEEDBACKEVENT']._serialized_end=1005
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_start=1007
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_end=1074
+  _globals['_FEEDBACKRESULT']._serialized_start=1076
+  _globals['_FEEDBACKRESULT']._serialized_end=1145
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_start=1147
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_end=1253
+  _globals['_RECOMMENDSERVICE']._serialized_start=1574
+  _globals['_RECOMMENDSERVICE']._serialized_end=1844
 # @@protoc_insertion_point(module_scope)
