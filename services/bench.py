@@ -122,3 +122,106 @@ def bench_serve(
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.system()}",
         "runs": runs,
     }
+
+
+# ------------------------------------------------------------------------------------------------ upsert
+def _free_port(metrics_neighbour: bool = False) -> int:
+    """A TCP port free a moment ago; with ``metrics_neighbour`` port + 1000 (its /metrics) was free too."""
+    import socket
+
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if not metrics_neighbour:
+            return port
+        if port + 1000 <= 65535:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port + 1000))
+                    return port
+                except OSError:
+                    continue
+
+
+def bench_upsert(workdir: Path, n: int = 200, visible_sample: int = 20, rate: float = 4.0) -> dict[str, Any]:
+    """UpsertMovie latency (client side, one at a time, started ``rate`` times a second; 0 = back to back)
+    with the text encoder on the write path, and how long recall takes to place the new movie (SimilarMovies
+    finds it with neighbours). Every service follows each upsert (the catalog, recall's placement), so back to
+    back the machine is busy with the previous movies while the next is written; a catalog grows by a few
+    movies a minute, so the default paces them. Runs on a private copy of WORKDIR with its own stack on free
+    ports, so the benchmark's movies never enter WORKDIR's catalog."""
+    import shutil
+    import tempfile
+
+    from starling.auth import authorized_channel, client_token
+    from starling.events import MOVIE_STREAM, read_all
+    from starling.local import down, up
+    from starling.v1 import catalog_pb2, catalog_pb2_grpc, recall_pb2, recall_pb2_grpc
+
+    if n < 1 or visible_sample < 0 or rate < 0:
+        raise StarlingError("--n must be >= 1, --visible-sample >= 0 and --rate >= 0")
+    source = Path(workdir).resolve()
+    if not (source / "models" / "current").exists():
+        raise StarlingError(f"{source}: no published model (run `make demo` or `starling train` first)")
+    genres = [["Animation", "Children", "Comedy"], ["Horror", "Thriller"], ["Drama", "Romance"], ["Sci-Fi"]]
+    with tempfile.TemporaryDirectory(prefix="starling-bench-upsert-") as tmp:
+        copy = Path(tmp) / "workdir"
+        shutil.copytree(
+            source, copy, symlinks=True, ignore=shutil.ignore_patterns("run", "milvus.db", ".milvus.db.lock")
+        )
+        ports = {f"{name}_port": _free_port(True) for name in ("recommend", "candidates", "recall", "rerank")}
+        ports["admin_port"] = _free_port()
+        ports.update({f"{name}_port": _free_port() for name in ("ranker_grpc", "ranker_http", "web")})
+        settings = get_settings().model_copy(update={"workdir": copy, **ports})
+        up(copy, settings=settings)
+        try:
+            admin = authorized_channel(f"127.0.0.1:{settings.admin_port}", client_token(settings))
+            catalog = catalog_pb2_grpc.CatalogServiceStub(admin)
+            recall = recall_pb2_grpc.RecallServiceStub(
+                grpc.insecure_channel(f"127.0.0.1:{settings.recall_port}")
+            )
+
+            def upsert(i: int) -> tuple[int, float]:
+                movie = catalog_pb2.Movie(
+                    title=f"Starling Bench {i}: The Return", release_year=2026, genres=genres[i % len(genres)]
+                )
+                start = time.perf_counter()
+                reply = catalog.UpsertMovie(catalog_pb2.UpsertMovieRequest(movie=movie), timeout=120)
+                return reply.movie.movie_id, (time.perf_counter() - start) * 1000.0
+
+            first_ms = upsert(0)[1]  # waits for the encoder if it is still loading
+            for i in range(1, 6):
+                upsert(i)
+            latencies, visible = [], []
+            next_start = time.perf_counter()
+            for i in range(6, 6 + n):
+                time.sleep(max(0.0, next_start - time.perf_counter()))
+                next_start = time.perf_counter() + (1.0 / rate if rate else 0.0)
+                movie_id, ms = upsert(i)
+                latencies.append(ms)
+                if len(visible) < visible_sample:
+                    start = time.perf_counter()
+                    while time.perf_counter() - start < 10:
+                        found = recall.SimilarMovies(recall_pb2.SimilarMoviesRequest(movie_id=movie_id, k=5))
+                        if found.found and len(found.movie_ids):
+                            visible.append((time.perf_counter() - start) * 1000.0)
+                            break
+                        time.sleep(0.005)
+            events = read_all(copy, MOVIE_STREAM)
+            with_vector = int(events["content"].is_not_null().sum())
+            admin.close()
+        finally:
+            down(copy)
+    return {
+        "benchmark": "upsert",
+        "upserts": n,
+        "concurrency": 1,
+        "rate_per_s": rate or "back to back",
+        "first_upsert_ms": round(first_ms, 1),
+        "latency": _quantiles(latencies),
+        "recall_placed_ms": _quantiles(visible),
+        "events_with_text_vector": f"{with_vector}/{events.height}",
+        "text_encoder": settings.content_on_upsert,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.system()}",
+    }

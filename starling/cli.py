@@ -202,6 +202,20 @@ def train(
     show_default=True,
     help="--replay: likes replayed at most.",
 )
+@click.option(
+    "--held-out-movies",
+    is_flag=True,
+    help="Instead: hide a sample of movies from training, bring them back as new (text only) and compare how "
+    "the text and the genres place them (recall@50 for the users who liked them).",
+)
+@click.option(
+    "--share",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="--held-out-movies: the share of movies with 10+ likes to hide.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="--held-out-movies: the sample's seed.")
 def evaluate(
     workdir: Path,
     as_json: bool,
@@ -210,10 +224,21 @@ def evaluate(
     arms: str | None,
     k: int,
     max_events: int,
+    held_out_movies: bool,
+    share: float,
+    seed: int,
 ) -> None:
     """The served pipeline (replayed offline) against tuned baselines on the test period: all, warm and cold
     users, bootstrap intervals, recall coverage, per-stage quality, the goals, and leave-last-out. With
-    --replay: each experiment arm's hit rate over the test period's likes, each asked as of its moment."""
+    --replay: each experiment arm's hit rate over the test period's likes, each asked as of its moment. With
+    --held-out-movies: the cold-start placement of new movies by their text against their genres alone."""
+    if held_out_movies:
+        from training.cold_movies import format_held_out
+        from training.cold_movies import held_out_movies as run_held_out
+
+        result = run_held_out(workdir, share=share, seed=seed)
+        click.echo(json.dumps(result, indent=2) if as_json else format_held_out(result))
+        return
     if replay:
         from training.replay_experiment import format_replay, replay_arms
 
@@ -452,6 +477,31 @@ def bench_serve(
     except ValueError as exc:
         raise StarlingError(f"--concurrency {concurrency!r}: expected integers like 1,8") from exc
     click.echo(json.dumps(run(workdir, duration_s, levels, k=k, target=target)))
+
+
+@bench.command("upsert")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("work"), show_default=True)
+@click.option("--n", "n", type=click.IntRange(1), default=200, show_default=True, help="Upserts measured.")
+@click.option(
+    "--visible-sample",
+    type=click.IntRange(0),
+    default=20,
+    show_default=True,
+    help="Upserts whose time until recall places the movie is measured too.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0),
+    default=4.0,
+    show_default=True,
+    help="Upserts started per second (0: back to back).",
+)
+def bench_upsert(workdir: Path, n: int, visible_sample: int, rate: float) -> None:
+    """UpsertMovie latency with the text encoder on the write path (p50/p95/p99 ms, JSON), on a private copy
+    of WORKDIR and its own stack."""
+    from services.bench import bench_upsert as run
+
+    click.echo(json.dumps(run(workdir, n, visible_sample, rate)))
 
 
 # --------------------------------------------------------------------------------------------------- demo

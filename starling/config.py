@@ -115,6 +115,14 @@ class Settings(BaseSettings):
         description="`starling train` writes a language-model vector of every catalog movie's text into the "
         "artifact (starling/content.py).",
     )
+    content_on_upsert: bool = Field(
+        True,
+        description="UpsertMovie encodes the movie's text with the language model (when the published "
+        "version has text vectors), so recall places a new movie by its text neighbours and genres.",
+    )
+    content_encoder_wait_s: float = Field(
+        60.0, description="How long an UpsertMovie waits for the text encoder still loading at start-up."
+    )
     models_cache: Path | None = Field(
         None,
         description="Where packaged model weights are extracted (the text encoder); default "

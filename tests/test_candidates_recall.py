@@ -179,8 +179,17 @@ def test_recall_state_round_trips_and_aligns_new_movies(world, tmp_path: Path) -
     model = RecallModel.align(loaded, grown.movie_ids, grown.release_years, grown.genre_matrix)
     row = int(model.positions(np.array([100]))[0])
     assert not model.in_snapshot[row] and model.popular_score[row] == 0 and model.rating_count[row] == 0
-    donors = model.in_snapshot & model.has_vector & model.genre_matrix[:, GENRES.index("Comedy")]
-    np.testing.assert_allclose(model.vectors[row], model.vectors[donors].mean(axis=0), rtol=1e-5)
+    known = model.in_snapshot & model.has_vector
+    donors = known & model.genre_matrix[:, GENRES.index("Comedy")]
+    mean = model.vectors[donors].mean(axis=0)
+    typical = np.linalg.norm(model.vectors[known], axis=1).mean()
+    np.testing.assert_allclose(model.vectors[row], mean / np.linalg.norm(mean) * typical, rtol=1e-5)
+    marker = np.full((1, model.vectors.shape[1]), 7.0, dtype=np.float32)
+    again = RecallModel.align(
+        loaded, grown.movie_ids, grown.release_years, grown.genre_matrix, placed=(np.array([100]), marker)
+    )
+    assert np.allclose(again.vectors[row], 7.0), "a placement made before is kept, not recomputed"
+    np.testing.assert_array_equal(np.delete(again.vectors, row, 0), np.delete(model.vectors, row, 0))
     with pytest.raises(Exception, match="not a readable recall state"):
         RecallState.load(tmp_path / "missing")
 

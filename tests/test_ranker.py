@@ -173,6 +173,7 @@ def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
 
     from services.rerank.logic import load_rules
     from starling.config import get_settings
+    from starling.content import artifact_content
     from training.artifacts import load_artifact, resolve_artifact
     from training.replay import OfflinePipeline, Ranker, served_snapshot
     from training.train import train_command
@@ -197,7 +198,12 @@ def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
             pytest.fail("ranker not ready in 120 s:\n" + (tmp_path / "ranker.log").read_text()[-3000:])
 
         artifact = load_artifact(resolve_artifact(workdir))
-        snapshot = served_snapshot(workdir, artifact.recall_state, get_settings().like_threshold)
+        snapshot = served_snapshot(
+            workdir,
+            artifact.recall_state,
+            get_settings().like_threshold,
+            artifact_content(artifact.path, artifact.manifest),
+        )
         recalled, _ = OfflinePipeline(snapshot, None, load_rules()).recall_for(1)
         movie_ids = snapshot.recall.movie_ids[recalled.rows]
         features = recalled.features

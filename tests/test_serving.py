@@ -163,12 +163,18 @@ def test_the_offline_replay_answers_what_the_stack_serves(stack) -> None:
     import polars as pl
 
     from services.rerank.logic import load_rules
+    from starling.content import artifact_content
     from training.artifacts import load_artifact, resolve_artifact
     from training.replay import OfflinePipeline, Ranker, served_snapshot
 
     settings, stub = stack
     artifact = load_artifact(resolve_artifact(settings.workdir))
-    snapshot = served_snapshot(settings.workdir, artifact.recall_state, settings.like_threshold)
+    snapshot = served_snapshot(
+        settings.workdir,
+        artifact.recall_state,
+        settings.like_threshold,
+        artifact_content(artifact.path, artifact.manifest),
+    )
     ranker = Ranker.build(artifact.model(), artifact.spec, snapshot)
     pipeline = OfflinePipeline(snapshot, ranker, load_rules(), settings.recall_size)
     users = pl.read_parquet(settings.workdir / "ratings.parquet")["user_id"].unique().sort()
@@ -700,6 +706,16 @@ def test_new_movie_is_served_at_once(stack) -> None:
         if (pool.pool_size == 1 and similar.found and len(similar.movie_ids)) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
+    import numpy as np
+
+    from starling.content import DIMENSIONS
+    from starling.events import MOVIE_STREAM, read_all
+
+    event = read_all(settings.workdir, MOVIE_STREAM).filter(pl.col("movie_id") == new_id)
+    vector = np.asarray(event["content"][0].to_list(), dtype=np.float32)
+    assert vector.shape == (DIMENSIONS,) and abs(np.linalg.norm(vector) - 1) < 1e-4, (
+        "UpsertMovie wrote the text vector into the catalog event (recall places the movie by it)"
+    )
     assert pool.pool_size == 1, "candidates: the new movie is the only Horror movie left"
     assert similar.found and len(similar.movie_ids) == 5, "recall: the new movie has a vector and neighbours"
     assert new_id not in similar.movie_ids

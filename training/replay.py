@@ -33,7 +33,7 @@ from services.ranker.encoding import ServingEncoder, user_columns
 from services.ranker.scoring import score_encoded
 from services.recall.features import UserProfile, channel_scores, user_profile
 from services.recall.logic import RecallResult, ann_limit, exact_nearest, recall
-from services.recall.state import RecallModel, RecallParams, RecallState
+from services.recall.state import ContentTable, RecallModel, RecallParams, RecallState
 from services.recommend.logic import (
     cold_start_channels,
     random_order_scores,
@@ -102,15 +102,20 @@ def snapshot_as_of(
     )
 
 
-def served_snapshot(workdir: Path, state: RecallState, like_threshold: float) -> Snapshot:
+def served_snapshot(
+    workdir: Path, state: RecallState, like_threshold: float, content: ContentTable | None = None
+) -> Snapshot:
     """What the services hold after a start on ``workdir``: ratings.parquet plus the feedback log, the
-    catalog plus its upserts, the published recall state, and the materialized entity features."""
+    catalog plus its upserts, the published recall state with its text vectors (``content``) and those the
+    upserts carried, and the materialized entity features."""
     from services.common.following import apply_rating_events
+    from starling.content import content_of_upserts
     from starling.events import MOVIE_STREAM, RATING_STREAM, read_all
 
     workdir = Path(workdir)
     catalog = Catalog.from_workdir(workdir)
     upserted = read_all(workdir, MOVIE_STREAM)
+    content = (content or ContentTable.empty()).upserted(*content_of_upserts(upserted))
     if upserted.height:
         catalog = catalog.upserted(upserted)
     history = UserHistory.from_workdir(workdir, like_threshold)
@@ -119,7 +124,9 @@ def served_snapshot(workdir: Path, state: RecallState, like_threshold: float) ->
     return Snapshot(
         catalog=catalog,
         history=history,
-        recall=RecallModel.align(state, catalog.movie_ids, catalog.release_years, catalog.genre_matrix),
+        recall=RecallModel.align(
+            state, catalog.movie_ids, catalog.release_years, catalog.genre_matrix, content
+        ),
         users=UserFeatureTable(pl.read_parquet(features / "user_features.parquet")),
         movie_features=pl.read_parquet(features / "movie_features.parquet").select(
             "movie_id", *MOVIE_FEATURE_COLUMNS

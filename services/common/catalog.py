@@ -5,7 +5,7 @@ Lookups are vectorized: ids map to row positions with ``np.searchsorted`` over t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,15 +57,29 @@ class Catalog:
         """
         movies = movies.select(self.frame.columns).cast(self.frame.schema)
         movies = movies.unique("movie_id", keep="last", maintain_order=True)
-        kept = self.frame.filter(~pl.col("movie_id").is_in(movies["movie_id"].implode()))
-        built = Catalog.from_frames(pl.concat([kept, movies]), genre_names=self.genre_names)
-        old = self.positions(built.movie_ids)
+        added = Catalog.from_frames(movies, genre_names=self.genre_names)
+        old = self.positions(added.movie_ids)
         found = old >= 0
         safe = np.where(found, old, 0)
-        return replace(
-            built,
-            rating_counts=np.where(found, self.rating_counts[safe], 0).astype(np.int64),
-            avg_ratings=np.where(found, self.avg_ratings[safe], np.nan).astype(np.float32),
+        keep = np.ones(len(self), dtype=bool)
+        keep[old[found]] = False  # replaced rows: the upsert's version wins
+        order = np.argsort(np.concatenate([self.movie_ids[keep], added.movie_ids]), kind="stable")
+
+        def merged(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+            return np.concatenate([mine[keep], theirs])[order]
+
+        return Catalog(
+            movie_ids=merged(self.movie_ids, added.movie_ids),
+            titles=merged(self.titles, added.titles),
+            release_years=merged(self.release_years, added.release_years),
+            genre_names=self.genre_names,
+            genre_matrix=merged(self.genre_matrix, added.genre_matrix),
+            primary_genre=merged(self.primary_genre, added.primary_genre),
+            rating_counts=merged(self.rating_counts, np.where(found, self.rating_counts[safe], 0)),
+            avg_ratings=merged(self.avg_ratings, np.where(found, self.avg_ratings[safe], np.nan)).astype(
+                np.float32
+            ),
+            frame=pl.concat([self.frame.filter(pl.Series(keep)), added.frame]).sort("movie_id"),
         )
 
     @classmethod

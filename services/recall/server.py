@@ -31,9 +31,10 @@ from services.recall.logic import (
     ordered_channel,
     recall,
 )
-from services.recall.state import RecallModel, RecallState
+from services.recall.state import ContentTable, RecallModel, RecallState
 from services.recall.vector_index import MAX_LIMIT, VectorIndex
 from starling.config import Settings, get_settings
+from starling.content import artifact_content, content_of_upserts
 from starling.errors import StarlingError
 from starling.features.spec import CANDIDATE_FEATURES
 from starling.v1 import recall_pb2, recall_pb2_grpc
@@ -54,8 +55,9 @@ class ServingState:
     index: VectorIndex | None
 
 
-def load_recall_state(workdir: Path) -> tuple[RecallState, str, Path]:
-    """The published artifact's recall state, its version and its directory."""
+def load_recall_state(workdir: Path) -> tuple[RecallState, str, Path, ContentTable]:
+    """The published artifact's recall state, its version, its directory and its movies' text vectors (an
+    empty table when it was trained without them)."""
     from training.artifacts import load_artifact, resolve_artifact
 
     path = resolve_artifact(workdir).resolve()
@@ -64,7 +66,7 @@ def load_recall_state(workdir: Path) -> tuple[RecallState, str, Path]:
         raise StarlingError(
             f"{path}: the artifact has no recall state; retrain with `starling train {workdir}`"
         )
-    return artifact.recall_state, artifact.version, path
+    return artifact.recall_state, artifact.version, path, artifact_content(artifact.path, artifact.manifest)
 
 
 class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
@@ -77,16 +79,24 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         path: Path,
         settings: Settings,
         index_uri: str | None,
+        content: ContentTable | None = None,
     ) -> None:
         self.catalog = catalog
         self.history = history
         self.settings = settings
         self.index_uri = index_uri
+        self.upserted_content = ContentTable.empty()  # text vectors that catalog upserts carried
+        self.content = content or ContentTable.empty()  # the published version's, with the upserts' on top
         self.serving = self._build(state, version, path, catalog)
+
+    def _with_upserted_content(self, published: ContentTable) -> ContentTable:
+        return published.upserted(self.upserted_content.movie_ids, self.upserted_content.vectors)
 
     # ------------------------------------------------------------------------------------------ state
     def _build(self, state: RecallState, version: str, path: Path, catalog: Catalog) -> ServingState:
-        model = RecallModel.align(state, catalog.movie_ids, catalog.release_years, catalog.genre_matrix)
+        model = RecallModel.align(
+            state, catalog.movie_ids, catalog.release_years, catalog.genre_matrix, self.content
+        )
         index = None
         if self.index_uri is not None:
             index = VectorIndex(self.index_uri, "als", version)
@@ -101,8 +111,19 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         are in Milvus and can be recalled and found by SimilarMovies right away."""
         serving = self.serving
         catalog = self.catalog.upserted(movies)
+        carried = content_of_upserts(movies)
+        self.upserted_content = self.upserted_content.upserted(*carried)
+        self.content = self.content.upserted(*carried)
+        previous = serving.model
+        earlier = ~previous.in_snapshot & previous.has_vector
+        earlier &= ~np.isin(previous.movie_ids, movies["movie_id"].to_numpy())  # re-upserted: placed again
         model = RecallModel.align(
-            serving.model.state, catalog.movie_ids, catalog.release_years, catalog.genre_matrix
+            previous.state,
+            catalog.movie_ids,
+            catalog.release_years,
+            catalog.genre_matrix,
+            self.content,
+            placed=(previous.movie_ids[earlier], previous.vectors[earlier]),
         )
         changed = np.flatnonzero(
             np.isin(catalog.movie_ids, movies["movie_id"].to_numpy()) & ~model.in_snapshot & model.has_vector
@@ -122,7 +143,8 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
             return False
         if current == self.serving.path:
             return False
-        state, version, path = load_recall_state(self.settings.workdir)
+        state, version, path, content = load_recall_state(self.settings.workdir)
+        self.content = self._with_upserted_content(content)
         self.serving = self._build(state, version, path, self.catalog)
         log.info("reloaded recall state", extra={"version": version})
         return True
@@ -241,9 +263,9 @@ def build_servicer(
     settings = settings or get_settings()
     catalog = Catalog.from_workdir(workdir)
     history = UserHistory.from_workdir(workdir, settings.like_threshold)
-    state, version, path = load_recall_state(workdir)
+    state, version, path, content = load_recall_state(workdir)
     index_uri = (settings.milvus_uri or str(workdir / "milvus.db")) if with_index else None
-    return RecallServicer(catalog, history, state, version, path, settings, index_uri)
+    return RecallServicer(catalog, history, state, version, path, settings, index_uri, content)
 
 
 def main() -> None:

@@ -182,8 +182,9 @@ class RecallModel:
     """A recall state aligned with a live catalog (row i = catalog row i), plus what derives from it.
 
     Movies the snapshot did not know (added while serving) have no popularity, no EASE row and no neighbours;
-    their vector is the mean vector of the movies with all their genres (of movies sharing any of them when
-    none has all), the design's cold-start rule, so they can be recalled and found similar at once.
+    their vector is placed from their genres and, when they have one, their text vector
+    (:func:`new_movie_vectors`), so they can be recalled and found similar at once; the next training gives
+    them a collaborative vector once they have enough likes.
     """
 
     state: RecallState
@@ -226,9 +227,17 @@ class RecallModel:
 
     @classmethod
     def align(
-        cls, state: RecallState, movie_ids: np.ndarray, release_years: np.ndarray, genre_matrix: np.ndarray
+        cls,
+        state: RecallState,
+        movie_ids: np.ndarray,
+        release_years: np.ndarray,
+        genre_matrix: np.ndarray,
+        content: ContentTable | None = None,
+        placed: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> RecallModel:
-        """Re-index the state's per-movie arrays onto a catalog's rows (``movie_ids`` sorted)."""
+        """Re-index the state's per-movie arrays onto a catalog's rows (``movie_ids`` sorted); ``content``
+        (text vectors) places the movies the state does not know (:func:`new_movie_vectors`). ``placed``
+        (movie ids, vectors) are placements made before for movies unchanged since: kept, not recomputed."""
         movie_ids = np.asarray(movie_ids, dtype=np.int64)
         n = len(state.movie_ids)
         if n:
@@ -268,7 +277,20 @@ class RecallModel:
             raise StarlingError("the live catalog lost movies that the recall state's EASE model covers")
         ease_index = np.full(len(movie_ids), -1, dtype=np.int64)
         ease_index[ease_rows] = np.arange(len(ease_rows))
-        vectors = new_movie_vectors(take(state.als_factors, 0.0), found, genre_matrix)
+        known_vectors = take(state.als_factors, 0.0)
+        keep = np.zeros(len(movie_ids), dtype=bool)
+        if placed is not None and len(placed[0]):
+            rows = sorted_positions(movie_ids, placed[0])
+            kept = (rows >= 0) & ~found[np.maximum(rows, 0)]
+            known_vectors[rows[kept]] = placed[1][kept]
+            keep[rows[kept]] = True
+        vectors = new_movie_vectors(
+            known_vectors,
+            found | keep,
+            genre_matrix,
+            content.aligned(movie_ids) if content is not None else None,
+            known=found,
+        )
         neighbour_ids = take(state.neighbour_ids, -1)
         neighbour_rows = sorted_positions(movie_ids, neighbour_ids.ravel()).reshape(neighbour_ids.shape)
         return cls(
@@ -297,19 +319,104 @@ class RecallModel:
         )
 
 
-def new_movie_vectors(vectors: np.ndarray, in_snapshot: np.ndarray, genre_matrix: np.ndarray) -> np.ndarray:
-    """``vectors`` with a genre-mean vector for each movie the snapshot did not know (see :class:`RecallModel`)."""
+CONTENT_NEIGHBOURS = 50  # known movies whose vectors a new movie's text neighbourhood averages
+
+
+@dataclass(frozen=True)
+class ContentTable:
+    """Text vectors of movies (starling/content.py): ascending ids and unit rows [movies, d]."""
+
+    movie_ids: np.ndarray
+    vectors: np.ndarray
+
+    @classmethod
+    def empty(cls) -> ContentTable:
+        return cls(np.empty(0, np.int64), np.empty((0, 0), np.float32))
+
+    def aligned(self, movie_ids: np.ndarray) -> np.ndarray | None:
+        """float32 [len(movie_ids), d]: each movie's vector, zeros where unknown; None when the table is empty."""
+        if len(self.movie_ids) == 0:
+            return None
+        pos = sorted_positions(self.movie_ids, movie_ids)
+        out = self.vectors[np.maximum(pos, 0)].astype(np.float32, copy=True)
+        out[pos < 0] = 0.0
+        return out
+
+    def upserted(self, movie_ids: np.ndarray, vectors: np.ndarray) -> ContentTable:
+        """The table with these movies' vectors (later rows win); rows of another width are ignored."""
+        movie_ids = np.asarray(movie_ids, dtype=np.int64)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if len(movie_ids) == 0 or (len(self.movie_ids) and vectors.shape[1] != self.vectors.shape[1]):
+            return self
+        ids = np.concatenate([self.movie_ids, movie_ids])
+        stacked = np.concatenate([self.vectors.reshape(-1, vectors.shape[1]), vectors])
+        _, from_end = np.unique(ids[::-1], return_index=True)  # ascending ids, each at its last row
+        keep = len(ids) - 1 - from_end
+        return ContentTable(ids[keep], stacked[keep])
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
+
+
+def content_directions(
+    vectors: np.ndarray, content: np.ndarray, new_rows: np.ndarray, donors: np.ndarray, k: int
+) -> np.ndarray:
+    """For each of ``new_rows``: the similarity-weighted mean of the collaborative ``vectors`` of its ``k``
+    nearest ``donors`` by text (``content``: unit rows; cosine), as a unit vector; zeros when the row has no
+    text vector or no donor is similar."""
+    out = np.zeros((len(new_rows), vectors.shape[1]), dtype=np.float32)
+    has_text = np.any(content[new_rows] != 0, axis=1)
+    donor_rows = np.flatnonzero(donors & np.any(content != 0, axis=1))
+    if not has_text.any() or len(donor_rows) == 0:
+        return out
+    k = min(k, len(donor_rows))
+    asking = new_rows[has_text]
+    similarity = content[asking] @ content[donor_rows].T  # [new, donors]
+    top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    weights = np.maximum(np.take_along_axis(similarity, top, axis=1), 0.0)
+    mean = np.einsum("nk,nkf->nf", weights, vectors[donor_rows][top])
+    out[has_text] = _unit(mean)
+    return out
+
+
+def new_movie_vectors(
+    vectors: np.ndarray,
+    in_snapshot: np.ndarray,
+    genre_matrix: np.ndarray,
+    content: np.ndarray | None = None,
+    neighbours: int = CONTENT_NEIGHBOURS,
+    known: np.ndarray | None = None,
+) -> np.ndarray:
+    """``vectors`` with a placed vector for each movie the snapshot did not know (see :class:`RecallModel`).
+
+    Direction: the mean vector of the movies with all its genres (of movies sharing any when none has all),
+    plus, when the movie has a text vector (``content``, aligned with the rows), the mean vector of its
+    ``neighbours`` nearest movies by text (:func:`content_directions`), each as a unit vector. Length: the
+    mean length of the known vectors, so that a new movie competes in inner-product search like a typical
+    movie (an average of many vectors is much shorter than any of them). Only rows outside ``in_snapshot`` are
+    placed; donors are the rows of ``known`` (default ``in_snapshot``) that have a vector, so rows placed
+    before can be passed in as already in place."""
     new_rows = np.flatnonzero(~in_snapshot)
     if len(new_rows) == 0:
         return vectors
     vectors = vectors.copy()
-    has_vector = np.any(vectors != 0, axis=1) & in_snapshot
-    for row in new_rows.tolist():  # one per movie added since the snapshot (a handful)
+    has_vector = np.any(vectors != 0, axis=1) & (in_snapshot if known is None else known)
+    if not has_vector.any():
+        return vectors
+    genre_mean = np.zeros((len(new_rows), vectors.shape[1]), dtype=np.float32)
+    for i, row in enumerate(new_rows.tolist()):  # one per movie added since the snapshot
         genres = genre_matrix[row]
         if not genres.any():
             continue
         with_all = has_vector & genre_matrix[:, genres].all(axis=1)
         donors = with_all if with_all.any() else has_vector & genre_matrix[:, genres].any(axis=1)
         if donors.any():
-            vectors[row] = vectors[donors].mean(axis=0)
+            genre_mean[i] = vectors[donors].mean(axis=0)
+    direction = _unit(genre_mean)
+    if content is not None and len(content) == len(vectors):
+        direction = direction + content_directions(vectors, content, new_rows, has_vector, neighbours)
+    typical_length = float(np.linalg.norm(vectors[has_vector], axis=1).mean())
+    vectors[new_rows] = _unit(direction) * typical_length
     return vectors

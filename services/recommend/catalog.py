@@ -22,6 +22,7 @@ from services.common.catalog import Catalog
 from services.common.errors import InvalidArgument, NotFound, check_id, check_k
 from services.common.history import UserHistory
 from services.recommend.browse import genres_by_ratings, popular_positions
+from services.recommend.content import UpsertEncoder, with_content
 from services.recommend.search import MAX_QUERY, MAX_RESULTS, folded_titles, search_positions
 from starling import events
 from starling.features.spec import MOVIE_GENRE_FIELDS
@@ -114,8 +115,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         workdir: Path | None = None,
         store=None,
         on_catalog: Callable[[Catalog], None] | None = None,
+        encoder: UpsertEncoder | None = None,
     ) -> None:
         self.catalog = catalog
+        self.encoder = encoder  # the text vector of an upserted movie (None: recall places it by genres)
         self.history = history
         self.workdir = workdir
         self.store = store
@@ -219,6 +222,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
     def _persist(self, frame: pl.DataFrame, created: bool) -> None:
         """Online features first (followers read them), then the durable catalog event."""
+        event = with_content(frame, self.encoder)  # the text vector travels with the event to every recall
         movie_id = int(frame["movie_id"][0])
         genres = frame["genres"][0].to_list()
         position = int(self.catalog.positions([movie_id])[0])
@@ -254,5 +258,5 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         )
         self.store.write_to_online_store(MOVIE_VIEW, row.to_pandas())
         with self.movie_events.lock:
-            path = events.append(self.workdir, events.MOVIE_STREAM, frame)
+            path = events.append(self.workdir, events.MOVIE_STREAM, event)
             self.movie_events.mark_seen(path)

@@ -14,6 +14,7 @@ The same decisions are plain functions in logic.py, which the offline replay (tr
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -47,6 +48,7 @@ from services.common.observability import (
 )
 from services.common.server import AdminServer, RunningService, run_service
 from services.recommend.catalog import CatalogServicer
+from services.recommend.content import UpsertEncoder
 from services.recommend.dependencies import DependencyMonitor, grpc_health_probe
 from services.recommend.experiments import RecentLists, checked_forced_arms, feedback_by_arm, serving_plan
 from services.recommend.feedback import FeedbackRecorder
@@ -71,6 +73,7 @@ from services.recommend.logic import (
 )
 from services.recommend.reasons import item_reasons, match_shares, similar_reason
 from starling.config import Settings, get_settings, stage_target
+from starling.errors import StarlingError
 from starling.events import MOVIE_STREAM, RATING_STREAM, EventFollower, compact
 from starling.exposures import ExposureLog, exposure_dir
 from starling.featurestore import get_feature_store
@@ -477,6 +480,22 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         )
 
 
+def upsert_encoder(workdir: Path, settings: Settings) -> UpsertEncoder | None:
+    """The text encoder for UpsertMovie when it is on and the published version has text vectors to place
+    new movies among (its manifest's ``content``)."""
+    from training.artifacts import resolve_artifact  # imports torch, which the encoder needs anyway
+
+    if not settings.content_on_upsert:
+        return None
+    try:
+        manifest = json.loads((resolve_artifact(workdir) / "manifest.json").read_text())
+    except (StarlingError, OSError, ValueError):
+        return None
+    if "content" not in manifest:
+        return None
+    return UpsertEncoder(settings.content_encoder_wait_s, settings.models_cache)
+
+
 def build_servicers(workdir: Path) -> tuple[RecommendServicer, CatalogServicer]:
     """The recommend and catalog servicers over one catalog and one user history (with feedback)."""
     settings = get_settings()
@@ -506,7 +525,9 @@ def build_servicers(workdir: Path) -> tuple[RecommendServicer, CatalogServicer]:
         recorder.catalog = new_catalog
         recorder.movies = new_catalog.frame
 
-    catalog_servicer = CatalogServicer(catalog, history, workdir, recorder.store, on_catalog=share)
+    catalog_servicer = CatalogServicer(
+        catalog, history, workdir, recorder.store, on_catalog=share, encoder=upsert_encoder(workdir, settings)
+    )
     upserted = catalog_servicer.movie_events.poll()  # movies added before this start
     if upserted is not None:
         catalog_servicer.apply_movies(upserted)

@@ -91,6 +91,9 @@ seccompProfile:
 {{- define "starling.env" -}}
 - name: STARLING_WORKDIR
   value: {{ .Values.workdir | quote }}
+# the text encoder's weights are extracted from the installed package into the pod's /tmp (root is read-only)
+- name: STARLING_MODELS_CACHE
+  value: /tmp/starling-models
 {{- if .Values.feast.redis.existingSecret }}
 - name: STARLING_REDIS_CONNECTION_STRING
   valueFrom:
