@@ -35,8 +35,15 @@ def experiment() -> None:
     is_flag=True,
     help="Also estimate how many users a significant result (p < 0.05) needs with 80% power (bootstrap).",
 )
+@click.option(
+    "--signal",
+    type=click.Choice(["like", "rating", "click"]),
+    default="like",
+    show_default=True,
+    help="--users-needed: the event that counts (A/B: per exposure; interleaving: credits an arm).",
+)
 def experiment_report(
-    workdir: Path, name: str, as_json: bool, window_days: float, users_needed: bool
+    workdir: Path, name: str, as_json: bool, window_days: float, users_needed: bool, signal: str
 ) -> None:
     """Report experiment NAME from WORKDIR's exposure log and feedback: per-arm rates with 95% intervals and
     tests against the control plus a sample-ratio-mismatch check (A/B), or wins, losses and a sign test
@@ -61,12 +68,19 @@ def experiment_report(
         from training.experiment_report import users_needed as find_users_needed
 
         report["users_needed"] = find_users_needed(
-            workdir, name, shares, window_days=window_days, like_threshold=settings.like_threshold
+            workdir,
+            name,
+            shares,
+            window_days=window_days,
+            like_threshold=settings.like_threshold,
+            signal=signal,
         )
     text = format_report(report)
     if users_needed and not as_json:
         needed = report["users_needed"]
         found = needed["users_needed"] or f"more than {needed['tried'][-1]['users']}"
         powers = ", ".join(f"{t['users']}: {t['power']:.0%}" for t in needed["tried"])
-        text += f"\nusers needed for 80% power at p < 0.05: {found} (power by users: {powers})"
+        text += (
+            f"\nusers needed for 80% power at p < 0.05 ({signal}s): {found} (power by users: {powers})"
+        )
     click.echo(json.dumps(report, indent=2) if as_json else text)

@@ -415,10 +415,28 @@ def test_reasons_point_at_the_users_own_likes_with_the_strongest_evidence(world)
     vectors = vector_evidence(model, sources, rows)
     assert (vectors >= 0).any() and set(vectors[vectors >= 0].tolist()) <= set(sources.tolist())
     # A user without likes has no evidence; channels other than ease/embedding get neighbour evidence only.
-    nobody = because_liked(model, UserProfile.empty(), rows, result.channels)
-    assert (nobody == -1).all()
-    popular_only = because_liked(model, profile, rows, np.full(len(rows), "popular", dtype=object))
-    assert (popular_only == evidence).all()
+    nobody, nobody_by_text = because_liked(model, UserProfile.empty(), rows, result.channels)
+    assert (nobody == -1).all() and not nobody_by_text.any()
+    popular_only, by_text = because_liked(model, profile, rows, np.full(len(rows), "popular", dtype=object))
+    assert (popular_only == evidence).all() and not by_text.any(), "no text vectors here: no text evidence"
+    # With text vectors: a candidate without collaborative evidence whose text is close to a recent like's
+    # gets that like, marked as text evidence; one far from every like gets none.
+    from dataclasses import replace
+
+    from services.recall.reasons import TEXT_MIN_COSINE
+
+    bare = np.flatnonzero(evidence < 0)
+    assert len(bare) >= 2
+    text = np.zeros((len(model.movie_ids), 3), dtype=np.float32)
+    text[sources] = [1.0, 0.0, 0.0]
+    text[sources[0]] = [0.0, 1.0, 0.0]
+    text[rows[bare[0]]] = [0.0, 1.0, 0.0]  # the same text as the most recent like
+    text[rows[bare[1]]] = [0.0, 0.0, 1.0]  # unlike any like
+    with_text = replace(model, text_vectors=text)
+    found, by_text = because_liked(with_text, profile, rows, np.full(len(rows), "popular", dtype=object))
+    assert found[bare[0]] == sources[0] and by_text[bare[0]]
+    assert found[bare[1]] == -1 and not by_text[bare[1]] and TEXT_MIN_COSINE > 0
+    assert (found[evidence >= 0] == evidence[evidence >= 0]).all() and not by_text[evidence >= 0].any()
 
 
 def test_reasons_phrase_the_evidence_and_match_is_a_0_to_1_share() -> None:
@@ -455,6 +473,13 @@ def test_reasons_phrase_the_evidence_and_match_is_a_0_to_1_share() -> None:
     unknown = item_reasons(catalog, ids[:1], channels[:1], np.array([99]), [])  # not in the catalog: no claim
     assert unknown[0].kind == kinds.REASON_KIND_POPULAR
     assert similar_reason(catalog, 3).text == "Similar to M3"
+    text = item_reasons(
+        catalog, ids[:2], channels[:2], np.array([1, 2]), [], because_by_text=np.array([True, False])
+    )
+    assert [(r.kind, r.because_movie_id, r.text) for r in text] == [
+        (kinds.REASON_KIND_SIMILAR_TEXT, 1, "Like M1, which you liked"),
+        (kinds.REASON_KIND_BECAUSE_YOU_LIKED, 2, "Because you liked M2"),
+    ]
 
     assert match_shares(np.array([3.0, 2.0]), np.array([1.0, 2.0, 3.0])).tolist() == [1.0, 0.5]
     assert match_shares(np.array([5.0]), np.array([1.0, 3.0])).tolist() == [1.0], "re-ranking may lift it"

@@ -362,3 +362,15 @@ def test_cli_json(planted_ab: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     result = runner.invoke(experiment, ["report", str(planted_ab), "nope"])
     assert result.exit_code == 2 and "error: no exposures for experiment 'nope'" in result.stderr
+
+
+def test_users_needed_counts_the_chosen_signal(planted_ab: Path) -> None:
+    from training.experiment_report import users_needed
+
+    shares = {"control": 50, "treatment": 50}
+    likes = users_needed(planted_ab, "ranker-ab", shares, steps=(50, 200, 800, 2000), resamples=100)
+    assert likes["signal"] == "like" and likes["users_needed"] is not None, likes
+    ratings = users_needed(planted_ab, "ranker-ab", shares, steps=(2000,), resamples=100, signal="rating")
+    assert ratings["users_needed"] is None, "the planted feedback is watches, never a rating"
+    with pytest.raises(StarlingError, match="signal must be one of like, rating, click"):
+        users_needed(planted_ab, "ranker-ab", shares, signal="stars")

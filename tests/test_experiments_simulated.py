@@ -118,6 +118,7 @@ def test_ab_and_interleaving_find_the_better_ranker_and_replay_agrees(stack) -> 
     )
     assert not ab["srm"]["flagged"], ab["srm"]
     ab_needed = users_needed(workdir, "ranker-ab", shares, steps=STEPS)
+    ab_needed_ratings = users_needed(workdir, "ranker-ab", shares, steps=STEPS, signal="rating")
 
     config.write_text(yaml.safe_dump({"experiments": [INTERLEAVING]}))  # the same arms, interleaved
     _wait_for_experiment(settings, "ranker-interleaving", "interleaved")
@@ -126,6 +127,7 @@ def test_ab_and_interleaving_find_the_better_ranker_and_replay_agrees(stack) -> 
     interleaving = experiment_report(workdir, "ranker-interleaving", shares)["interleaving"]
     assert interleaving["preferred"] == "model" and interleaving["p"] < 0.05, (interleaving, il_run.summary())
     il_needed = users_needed(workdir, "ranker-interleaving", shares, steps=STEPS)
+    il_needed_ratings = users_needed(workdir, "ranker-interleaving", shares, steps=STEPS, signal="rating")
     # How many users each design needs (80% bootstrap power) is measured and written for the README, not
     # asserted: it varies from run to run (the random arm differs per request, the model per training).
 
@@ -142,12 +144,14 @@ def test_ab_and_interleaving_find_the_better_ranker_and_replay_agrees(stack) -> 
                     "like_rate": {arm: ab["arms"][arm]["like_rate"]["value"] for arm in ab["arms"]},
                     "p": random_vs_model["p"],
                     "users_needed": ab_needed,
+                    "users_needed_ratings": ab_needed_ratings,
                 },
                 "interleaving": {
                     "users": interleaving["users"],
                     "wins_losses_ties": [interleaving["wins"], interleaving["losses"], interleaving["ties"]],
                     "p": interleaving["p"],
                     "users_needed": il_needed,
+                    "users_needed_ratings": il_needed_ratings,
                 },
                 "replay": replayed,
             },

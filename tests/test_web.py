@@ -142,6 +142,7 @@ FEEDBACK = {"user_id": 1, "movie_id": 1, "rating": 4}
         ),
         ("POST", "/api/feedback", {**FEEDBACK, "kind": "click"}, "rating is only for kind 'rating'"),
         ("POST", "/api/feedback", {**FEEDBACK, "stars": 4}, "unknown fields ['stars']"),
+        ("POST", "/api/feedback", {**FEEDBACK, "request_id": 7}, "request_id must be a string, got 7"),
         ("POST", "/api/feedback", b"[" * 100_000 + b"]" * 100_000, "request body is not valid JSON"),
         ("POST", "/api/session", {"user_id": "me"}, 'user_id must be a non-negative integer, got "me"'),
         ("POST", "/api/session", {"user": 1}, 'request body must be {"user_id": <id>}'),
@@ -425,6 +426,12 @@ def test_rating_on_the_user_page_changes_both_lists(stack, browser: DevTools, tm
     )
     ratings = httpx.get(f"{base}/api/users/{SAMPLE_USER}/ratings?limit=1", timeout=30).json()["ratings"]
     assert ratings[0]["movie"]["movie_id"] == target["movie_id"] and ratings[0]["rating"] == 4.5
+    from starling.events import RATING_STREAM, read_all
+
+    logged = read_all(settings.workdir, RATING_STREAM).filter(
+        (pl.col("user_id") == SAMPLE_USER) & (pl.col("movie_id") == target["movie_id"])
+    )
+    assert logged["request_id"].to_list()[-1], "the rating names the recommendations it came from"
     assert browser.evaluate(REMOTE_RESOURCES) == [] and browser.exceptions == []
 
     png = browser.screenshot()

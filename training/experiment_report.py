@@ -143,10 +143,14 @@ def per_exposure(exposures: pl.DataFrame, attributed: pl.DataFrame) -> pl.DataFr
     return frame.with_columns(pl.col(list(KINDS)).fill_null(0).cast(pl.Int64))
 
 
-def item_arm_credits(exposures: pl.DataFrame, attributed: pl.DataFrame) -> pl.DataFrame:
-    """Attributed likes per (exposure, contributing arm): request_id, user_id, time, item_arm, credits."""
+SIGNALS = ("like", "rating", "click")  # what may credit an arm: a like, any rating, a click
+
+
+def item_arm_credits(exposures: pl.DataFrame, attributed: pl.DataFrame, signal: str = "like") -> pl.DataFrame:
+    """Attributed ``signal`` events (likes by default) per (exposure, contributing arm): request_id, user_id,
+    time, item_arm, credits."""
     return (
-        attributed.filter(pl.col("like") & (pl.col("item_arm") != ""))
+        attributed.filter(pl.col(signal) & (pl.col("item_arm") != ""))
         .group_by("request_id", "item_arm")
         .agg(pl.len().cast(pl.Int64).alias("credits"))
         .join(exposures.select("request_id", "user_id", "time"), on="request_id", how="inner")
@@ -602,18 +606,20 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def per_user_outcomes(
-    workdir: Path, name: str, window_days: float = 7.0, like_threshold: float = 3.5
+    workdir: Path, name: str, window_days: float = 7.0, like_threshold: float = 3.5, signal: str = "like"
 ) -> tuple[str, pl.DataFrame]:
-    """(kind, one row per user): A/B: user_id, arm, exposures, likes; interleaving: user_id and the credits of
-    each arm (columns named after the arms)."""
+    """(kind, one row per user): A/B: user_id, arm, exposures, credits (the user's ``signal`` events);
+    interleaving: user_id and the ``signal`` credits of each arm (columns named after the arms)."""
+    if signal not in SIGNALS:
+        raise StarlingError(f"signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
     log = experiment_log(workdir, name, window_days, like_threshold)
     exposures = log.exposures
     if (exposures["arm"] == INTERLEAVED).any():
         arms = sorted(set(exposures["item_arms"].explode().drop_nulls().to_list()) - {""})
-        credits = item_arm_credits(exposures, log.attributed)
+        credits = item_arm_credits(exposures, log.attributed, signal)
         return "interleaving", user_credits(credits, exposures["user_id"].to_numpy(), arms)
     return "ab", per_user(per_exposure(exposures, log.attributed)).select(
-        "user_id", "arm", "exposures", "likes"
+        "user_id", "arm", "exposures", pl.col(f"{signal}s").alias("credits")
     )
 
 
@@ -621,8 +627,8 @@ def power_at(
     kind: str, users: pl.DataFrame, arms: list[str], n: int, alpha: float, resamples: int, seed: int
 ) -> float:
     """The share of ``resamples`` samples of ``n`` users (with replacement) in which the test is significant:
-    A/B, the z-test on likes per exposure (delta method) of ``arms[1]`` vs ``arms[0]``; interleaving, the sign
-    test of wins vs losses. Vectorized over the resamples."""
+    A/B, the z-test on credits (likes, ...) per exposure (delta method) of ``arms[1]`` vs ``arms[0]``;
+    interleaving, the sign test of wins vs losses. Vectorized over the resamples."""
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, users.height, size=(resamples, n))
     if kind == "interleaving":
@@ -637,7 +643,7 @@ def power_at(
         )
         return float((p < alpha).mean())
     arm = users["arm"].to_numpy()[picks]
-    likes = users["likes"].to_numpy().astype(np.float64)[picks]
+    likes = users["credits"].to_numpy().astype(np.float64)[picks]
     shown = users["exposures"].to_numpy().astype(np.float64)[picks]
     estimates = []
     for name in arms[:2]:
@@ -672,12 +678,14 @@ def users_needed(
     window_days: float = 7.0,
     like_threshold: float = 3.5,
     seed: int = 0,
+    signal: str = "like",
 ) -> dict[str, Any]:
-    """How many users a significant result needs: the smallest n of ``steps`` at which the test (A/B: likes
-    per exposure of the second arm vs the first; interleaving: the sign test) is significant at ``alpha`` in
-    at least ``power`` of ``resamples`` samples of n of the experiment's users (bootstrap power). Users who
-    are in the experiment's log are the population; ``tried`` has the power at each step."""
-    kind, users = per_user_outcomes(workdir, name, window_days, like_threshold)
+    """How many users a significant result needs: the smallest n of ``steps`` at which the test (A/B:
+    ``signal`` events per exposure of the second arm vs the first; interleaving: the sign test on ``signal``
+    credits) is significant at ``alpha`` in at least ``power`` of ``resamples`` samples of n of the
+    experiment's users (bootstrap power). Users who are in the experiment's log are the population; ``tried``
+    has the power at each step."""
+    kind, users = per_user_outcomes(workdir, name, window_days, like_threshold, signal)
     arms = [
         a
         for a in (expected_shares or {})
@@ -704,6 +712,7 @@ def users_needed(
         "alpha": alpha,
         "power": power,
         "users_needed": needed,
+        "signal": signal,
         "users_in_log": users["user_id"].n_unique(),
         "method": f"bootstrap power: {resamples} samples of n users with replacement from the experiment's users",
         "tried": tried,

@@ -169,6 +169,7 @@ class RecallResult:
     user_vector: np.ndarray | None  # the user's ALS vector (None without likes with a vector)
     top_genres: np.ndarray  # genre columns of the user's recent likes, most frequent first
     because_rows: np.ndarray  # int64: per candidate, the recent like that is its evidence (-1: none)
+    because_by_text: np.ndarray  # bool: per candidate, that evidence is text similarity
 
 
 def recall(
@@ -214,5 +215,5 @@ def recall(
         genres = np.empty(0, dtype=np.int64)
     rows, channel_score, names = merge_channels(channels, quotas, n)
     features = candidate_features(model, profile, rows, scores, eligible)
-    because = because_liked(model, profile, rows, names)
-    return RecallResult(rows, channel_score, names, features, scores.user_vector, genres, because)
+    because, by_text = because_liked(model, profile, rows, names)
+    return RecallResult(rows, channel_score, names, features, scores.user_vector, genres, because, by_text)

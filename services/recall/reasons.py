@@ -5,8 +5,9 @@ the co-liked neighbours, the EASE weights and the item vectors. Evidence, strong
 1. co-liked neighbours (any channel): the recent like whose neighbour list holds the candidate with the
    highest similarity;
 2. EASE candidates: the recent like with the largest positive EASE weight towards the candidate;
-3. embedding candidates: the recent like whose vector is closest (cosine) to the candidate's.
-Other candidates (popular, genre, new releases) have none unless 1. applies.
+3. embedding candidates: the recent like whose vector is closest (cosine) to the candidate's;
+4. any candidate still without evidence: the recent like closest to it in text (the language model's vectors
+   of title, genres and tags), when their cosine is at least ``TEXT_MIN_COSINE``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from services.recall.features import UserProfile
 from services.recall.state import RecallModel
 
 NONE = -1
+# Cosine of two all-MiniLM-L6-v2 movie texts from which "similar" reads true (precision first): sequels and
+# remakes are above it (Back to the Future and its Part II 0.94, Dredd and Judge Dredd 0.79); around 0.7 pairs
+# share a word more than a film (Ghost and Ghostbusters 0.71), so it stays above them.
+TEXT_MIN_COSINE = 0.75
 
 
 def neighbour_evidence(model: RecallModel, sources: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -74,18 +79,36 @@ def vector_evidence(model: RecallModel, sources: np.ndarray, rows: np.ndarray) -
     return out
 
 
+def text_evidence(model: RecallModel, sources: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """For each candidate row: the source row closest to it in text (cosine >= TEXT_MIN_COSINE), else -1."""
+    out = np.full(len(rows), NONE, dtype=np.int64)
+    text = model.text_vectors
+    if text is None or len(sources) == 0 or len(rows) == 0:
+        return out
+    cosine = text[sources] @ text[rows].T  # unit rows; zero rows (no text) give 0
+    best = cosine.argmax(axis=0)
+    close = cosine[best, np.arange(len(rows))] >= TEXT_MIN_COSINE
+    out[close] = sources[best[close]]
+    return out
+
+
 def because_liked(
     model: RecallModel, profile: UserProfile, rows: np.ndarray, channels: np.ndarray
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Per candidate (catalog ``rows``, recall ``channels``): the catalog row of the recent like that is the
-    evidence for it, -1 when there is none."""
+    evidence for it (-1 when there is none), and whether that evidence is text similarity."""
     sources = profile.liked_rows[: model.params.recent_likes]
     out = np.full(len(rows), NONE, dtype=np.int64)
+    by_text = np.zeros(len(rows), dtype=bool)
     if len(rows) == 0 or len(sources) == 0:
-        return out
+        return out, by_text
     out = neighbour_evidence(model, sources, rows)
     for channel, evidence in (("ease", ease_evidence), ("embedding", vector_evidence)):
         missing = np.flatnonzero((out < 0) & (channels == channel))
         if len(missing):
             out[missing] = evidence(model, sources, rows[missing])
-    return out
+    missing = np.flatnonzero(out < 0)
+    if len(missing):
+        out[missing] = text_evidence(model, sources, rows[missing])
+        by_text[missing] = out[missing] >= 0
+    return out, by_text

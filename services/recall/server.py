@@ -201,6 +201,7 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
             because_movie_ids=np.where(
                 result.because_rows >= 0, model.movie_ids[np.maximum(result.because_rows, 0)], 0
             ).tolist(),
+            because_by_text=result.because_by_text.tolist(),
         )
 
     async def SimilarMovies(

@@ -209,6 +209,7 @@ class RecallModel:
     vectors: np.ndarray  # float32 [movies, f] (ALS factors; genre means for movies new since the snapshot)
     in_snapshot: np.ndarray  # bool [movies]: the snapshot knew the movie
     has_vector: np.ndarray  # bool [movies]
+    text_vectors: np.ndarray | None = None  # float32 [movies, d] unit text vectors, zeros where unknown
 
     @property
     def params(self) -> RecallParams:
@@ -284,13 +285,8 @@ class RecallModel:
             kept = (rows >= 0) & ~found[np.maximum(rows, 0)]
             known_vectors[rows[kept]] = placed[1][kept]
             keep[rows[kept]] = True
-        vectors = new_movie_vectors(
-            known_vectors,
-            found | keep,
-            genre_matrix,
-            content.aligned(movie_ids) if content is not None else None,
-            known=found,
-        )
+        text_vectors = content.aligned(movie_ids) if content is not None else None
+        vectors = new_movie_vectors(known_vectors, found | keep, genre_matrix, text_vectors, known=found)
         neighbour_ids = take(state.neighbour_ids, -1)
         neighbour_rows = sorted_positions(movie_ids, neighbour_ids.ravel()).reshape(neighbour_ids.shape)
         return cls(
@@ -316,6 +312,7 @@ class RecallModel:
             vectors=vectors,
             in_snapshot=found,
             has_vector=np.any(vectors != 0, axis=1),
+            text_vectors=text_vectors,
         )
 
 

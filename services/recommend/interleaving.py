@@ -62,6 +62,7 @@ def interleave(
         scores=pick("scores", np.float32(0)).astype(np.float32),
         channels=pick("channels", "").astype(object),
         because_ids=pick("because_ids", 0).astype(np.int64),
+        because_by_text=pick("because_by_text", False).astype(bool),
         candidate_scores=np.concatenate([first.candidate_scores, second.candidate_scores]),
         user_genres=first.user_genres or second.user_genres,
         recall_answered=first.recall_answered and second.recall_answered,

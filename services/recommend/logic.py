@@ -48,8 +48,9 @@ class Ranked:
     movie_ids: np.ndarray
     scores: np.ndarray
     channels: np.ndarray
-    # recall's evidence per candidate (the liked movie behind it), 0 = none
+    # recall's evidence per candidate (the liked movie behind it), 0 = none; and whether it is text similarity
     because_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    because_by_text: np.ndarray = field(default_factory=lambda: np.empty(0, bool))
 
 
 def popular_fallback(
@@ -102,6 +103,7 @@ class ServedList:
     scores: np.ndarray
     channels: np.ndarray
     because_ids: np.ndarray  # recall's evidence per item (0: none)
+    because_by_text: np.ndarray  # bool: that evidence is text similarity
     candidate_scores: np.ndarray  # every ranked candidate's score (the match scale)
     user_genres: list[str]
     recall_answered: bool
@@ -148,10 +150,16 @@ def exposure_record(
     }
 
 
-def because_of_recall(because_movie_ids: list[int] | np.ndarray, n: int) -> np.ndarray:
-    """Recall's evidence per candidate; zeros when absent or of another length (an older recall)."""
+def because_of_recall(
+    because_movie_ids: list[int] | np.ndarray, by_text: list[bool] | np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Recall's evidence per candidate and whether it is text similarity; zeros / False when absent or of
+    another length (an older recall)."""
     because = np.asarray(because_movie_ids, dtype=np.int64)
-    return because if len(because) == n else np.zeros(n, dtype=np.int64)
+    text = np.asarray(by_text, dtype=bool)
+    if len(because) != n:
+        return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    return because, text if len(text) == n else np.zeros(n, dtype=bool)
 
 
 def lookup(ids: np.ndarray, source_ids: np.ndarray, values: np.ndarray, missing: int = 0) -> np.ndarray:

@@ -41,8 +41,11 @@ def item_reasons(
     genre_preference: list[str],
     recall_answered: bool = True,
     today: dt.date | None = None,
+    because_by_text: np.ndarray | None = None,
 ) -> list[recommend_pb2.Reason]:
-    """One reason per item (``because_ids``: the liked movie behind each item, 0 for none)."""
+    """One reason per item (``because_ids``: the liked movie behind each item, 0 for none;
+    ``because_by_text``: that movie is close in text, not in co-ratings)."""
+    by_text = np.zeros(len(movie_ids), dtype=bool) if because_by_text is None else because_by_text
     positions = catalog.positions(movie_ids)
     because_positions = catalog.positions(because_ids)
     because_ids = np.where((because_ids > 0) & (because_positions >= 0), because_ids, 0)
@@ -50,15 +53,25 @@ def item_reasons(
     year = (today or dt.datetime.now(dt.UTC).date()).year
     popular_text = "Popular now" if recall_answered else "Popular"
     reasons = []
-    for position, channel, because, because_position, genre in zip(  # one message per returned item
+    for position, channel, because, because_position, genre, text_only in zip(  # one message per item
         positions.tolist(),
         channels.tolist(),
         because_ids.tolist(),
         because_positions.tolist(),
         genres.tolist(),
+        np.asarray(by_text, dtype=bool).tolist(),
         strict=True,
     ):
-        if because:
+        if because and text_only:
+            title = str(catalog.titles[because_position])
+            reasons.append(
+                recommend_pb2.Reason(
+                    kind=Kind.REASON_KIND_SIMILAR_TEXT,
+                    because_movie_id=because,
+                    text=f"Like {title}, which you liked",
+                )
+            )
+        elif because:
             title = str(catalog.titles[because_position])
             reasons.append(
                 recommend_pb2.Reason(

@@ -228,6 +228,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             final.movie_ids,
             final.channels,
             final.because_ids,
+            because_by_text=final.because_by_text,
             genre_preference=final.user_genres or list(req.genres),
             recall_answered=final.recall_answered,
         )
@@ -301,7 +302,9 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             ranked.movie_ids = np.asarray(recalled.movie_ids, dtype=np.int64)
             user_genres = list(recalled.user_top_genres)
             ranked.channels = np.asarray(recalled.channels, dtype=object)
-            ranked.because_ids = because_of_recall(recalled.because_movie_ids, len(ranked.movie_ids))
+            ranked.because_ids, ranked.because_by_text = because_of_recall(
+                recalled.because_movie_ids, recalled.because_by_text, len(ranked.movie_ids)
+            )
             recall_answered = True
             candidate_features = candidate_feature_matrix(
                 recalled.features, list(recalled.feature_names), len(ranked.movie_ids)
@@ -318,6 +321,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             )
             ranked.channels = np.full(len(ranked.movie_ids), "popular", dtype=object)
             ranked.because_ids = np.zeros(len(ranked.movie_ids), dtype=np.int64)
+            ranked.because_by_text = np.zeros(len(ranked.movie_ids), dtype=bool)
         ranked.channels = cold_start_channels(ranked.channels, known_user)
 
         # 3. ranker (KServe, Open Inference Protocol v2 over gRPC) for users with history; the cold path keeps
@@ -389,6 +393,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             scores=final_scores,
             channels=final_channels,
             because_ids=lookup(final_ids, ranked.movie_ids, ranked.because_ids),
+            because_by_text=lookup(final_ids, ranked.movie_ids, ranked.because_by_text, False).astype(bool),
             candidate_scores=ranked.scores,
             user_genres=user_genres,
             recall_answered=recall_answered,

@@ -143,13 +143,17 @@ def body_id(body: dict[str, Any], field: str) -> int:
 
 
 def parse_feedback(body: Any) -> recommend_pb2.FeedbackEvent:
-    """One feedback event from the JSON body: a rating (0.5..5 in steps of 0.5), a click or a watch."""
+    """One feedback event from the JSON body: a rating (0.5..5 in steps of 0.5), a click or a watch; with
+    ``request_id``, the recommendations answer it responds to (the service checks its form)."""
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
-    unknown = sorted(set(body) - {"user_id", "movie_id", "kind", "rating"})
+    unknown = sorted(set(body) - {"user_id", "movie_id", "kind", "rating", "request_id"})
     if unknown:
-        raise BadRequest(f"unknown fields {unknown}; expected user_id, movie_id, rating or kind")
+        raise BadRequest(f"unknown fields {unknown}; expected user_id, movie_id, rating, kind or request_id")
     user_id, movie_id = body_id(body, "user_id"), body_id(body, "movie_id")
+    request_id = body.get("request_id", "")
+    if not isinstance(request_id, str):
+        raise BadRequest(f"request_id must be a string, got {json.dumps(request_id)}")
     kind = body.get("kind", "rating")
     if kind not in FEEDBACK_KINDS:
         raise BadRequest(f"kind must be one of {sorted(FEEDBACK_KINDS)}, got {json.dumps(kind)}")
@@ -157,7 +161,9 @@ def parse_feedback(body: Any) -> recommend_pb2.FeedbackEvent:
     if kind != "rating":
         if rating is not None:
             raise BadRequest(f"rating is only for kind 'rating', not {kind!r}")
-        return recommend_pb2.FeedbackEvent(user_id=user_id, movie_id=movie_id, kind=FEEDBACK_KINDS[kind])
+        return recommend_pb2.FeedbackEvent(
+            user_id=user_id, movie_id=movie_id, kind=FEEDBACK_KINDS[kind], request_id=request_id
+        )
     if (
         isinstance(rating, bool)
         or not isinstance(rating, int | float)
@@ -167,7 +173,11 @@ def parse_feedback(body: Any) -> recommend_pb2.FeedbackEvent:
     ):
         raise BadRequest(f"rating must be a number from 0.5 to 5 in steps of 0.5, got {json.dumps(rating)}")
     return recommend_pb2.FeedbackEvent(
-        user_id=user_id, movie_id=movie_id, kind=recommend_pb2.FEEDBACK_KIND_RATING, rating=float(rating)
+        user_id=user_id,
+        movie_id=movie_id,
+        kind=recommend_pb2.FEEDBACK_KIND_RATING,
+        rating=float(rating),
+        request_id=request_id,
     )
 
 

@@ -19,6 +19,7 @@ class ReasonKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_KIND_NEW_RELEASE: _ClassVar[ReasonKind]
     REASON_KIND_POPULAR: _ClassVar[ReasonKind]
     REASON_KIND_SIMILAR_TO: _ClassVar[ReasonKind]
+    REASON_KIND_SIMILAR_TEXT: _ClassVar[ReasonKind]
 
 class FeedbackKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,6 +33,7 @@ REASON_KIND_POPULAR_IN_GENRE: ReasonKind
 REASON_KIND_NEW_RELEASE: ReasonKind
 REASON_KIND_POPULAR: ReasonKind
 REASON_KIND_SIMILAR_TO: ReasonKind
+REASON_KIND_SIMILAR_TEXT: ReasonKind
 FEEDBACK_KIND_UNSPECIFIED: FeedbackKind
 FEEDBACK_KIND_RATING: FeedbackKind
 FEEDBACK_KIND_CLICK: FeedbackKind

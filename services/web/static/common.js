@@ -182,12 +182,12 @@ function signIn(userId) {
   return session;
 }
 
-async function sendRating(userId, movieId, rating) {
+// requestId: the recommendations answer the rated movie came from (experiment attribution), when there is one.
+async function sendRating(userId, movieId, rating, requestId = null) {
   await signIn(userId);
-  await api("/api/feedback", {
-    method: "POST",
-    body: JSON.stringify({ user_id: Number(userId), movie_id: movieId, rating }),
-  });
+  const body = { user_id: Number(userId), movie_id: movieId, rating };
+  if (requestId) body.request_id = requestId;
+  await api("/api/feedback", { method: "POST", body: JSON.stringify(body) });
 }
 
 function starText(rating) {

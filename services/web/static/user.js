@@ -21,6 +21,7 @@ function renderRecommendations(reply) {
 
 // Shows the first ``shown`` ratings again (after a rating, the list is read anew), then "More" pages on.
 let shownRatings = RATED_PAGE;
+let shownRequestId = null; // the request_id of the recommendations on the page: a rating names it
 
 function renderRated(reply, append = false) {
   const list = document.getElementById("rated");
@@ -46,6 +47,7 @@ async function load() {
   ]);
   renderRecommendations(recommended);
   renderRated(rated);
+  shownRequestId = recommended.request_id;
   return recommended;
 }
 
@@ -72,7 +74,7 @@ async function rate(item, rating, card) {
   status.textContent = `Saving ${rating} ★ for ${item.title}…`;
   try {
     clearError();
-    await sendRating(userId, item.movie_id, rating);
+    await sendRating(userId, item.movie_id, rating, shownRequestId);
     for (let attempt = 0; attempt < 8; attempt++) {
       const recommended = await load();
       if (!recommended.items.some((other) => other.movie_id === item.movie_id)) break;
