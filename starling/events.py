@@ -26,6 +26,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -142,11 +143,34 @@ def _covered(files: list[Path]) -> set[str]:
     return set(pl.concat([pl.read_parquet(f, columns=[SOURCE]) for f in segments])[SOURCE].unique().to_list())
 
 
+# A compaction may fold and delete files between a reader's listing and its reads (what it deletes is in a
+# segment by then): the reader lists again, at most this many times.
+READ_ATTEMPTS = 8
+
+
+def _listed_and_read(
+    list_files: Callable[[], list[Path]], stream: str, skip_sources: set[str] | frozenset[str] = frozenset()
+) -> tuple[list[Path], set[str], pl.DataFrame | None]:
+    """(files listed, single files their segments cover, their events), listing again when a compaction
+    removed a listed file before it was read."""
+    for attempt in range(READ_ATTEMPTS):
+        files = list_files()
+        try:
+            covered = _covered(files)
+            frame = _read([f for f in files if is_segment(f) or f.name not in covered], stream, skip_sources)
+            return files, covered, frame
+        except FileNotFoundError:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def read_all(workdir: Path, stream: str) -> pl.DataFrame:
-    """Every event of a stream, in write order (an empty frame with the schema when there are none)."""
-    files = _log_files(stream_dir(workdir, stream))
-    covered = _covered(files)
-    frame = _read([f for f in files if is_segment(f) or f.name not in covered], stream)
+    """Every event of a stream, in write order (an empty frame with the schema when there are none); safe
+    while a compaction runs."""
+    directory = stream_dir(workdir, stream)
+    _, _, frame = _listed_and_read(lambda: _log_files(directory), stream)
     if frame is None:
         return pl.DataFrame(schema=SCHEMAS[stream])
     return frame.drop(SOURCE, ROW)
@@ -226,15 +250,13 @@ class EventFollower:
     def poll(self) -> pl.DataFrame | None:
         """The events of files (and segment rows) not seen yet, in order; None when there are none."""
         with self.lock:
-            new = [f for f in _log_files(self.directory) if f.name not in self.seen]
-            if not new:
-                return None
-            covered = _covered(new)
-            frame = _read(
-                [f for f in new if is_segment(f) or f.name not in covered],
+            new, covered, frame = _listed_and_read(
+                lambda: [f for f in _log_files(self.directory) if f.name not in self.seen],
                 self.stream,
                 skip_sources=self.seen,
             )
+            if not new:
+                return None
             self.seen.update(f.name for f in new)
             self.seen.update(covered)
         if frame is None or frame.height == 0:

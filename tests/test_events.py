@@ -111,3 +111,19 @@ def test_files_written_before_request_id_existed_read_as_null(tmp_path: Path) ->
     assert followed is not None and followed["request_id"].to_list() == [None, "abc123", None]
     assert events.compact(tmp_path, events.RATING_STREAM, min_age_s=0) is not None
     assert events.read_all(tmp_path, events.RATING_STREAM)["request_id"].to_list() == [None, "abc123", None]
+
+
+def test_a_reader_lists_again_when_a_compaction_removed_a_listed_file(tmp_path: Path, monkeypatch) -> None:
+    """The race a compaction can win: files listed, then folded into a segment and deleted before the reader
+    reads them. The reader (read_all, a follower's poll) lists again and gets every event once."""
+    _write(tmp_path, range(4))
+    directory = events.stream_dir(tmp_path, events.RATING_STREAM)
+    stale = events._log_files(directory)
+    follower = events.EventFollower(tmp_path, events.RATING_STREAM)
+    assert events.compact(tmp_path, events.RATING_STREAM, min_age_s=0) is not None
+    listings = iter([stale, stale])
+    real = events._log_files
+    monkeypatch.setattr(events, "_log_files", lambda d: next(listings, None) or real(d))
+    assert events.read_all(tmp_path, events.RATING_STREAM)["user_id"].to_list() == [0, 1, 2, 3]
+    followed = follower.poll()
+    assert followed is not None and followed["user_id"].to_list() == [0, 1, 2, 3]
