@@ -80,7 +80,5 @@ def experiment_report(
         needed = report["users_needed"]
         found = needed["users_needed"] or f"more than {needed['tried'][-1]['users']}"
         powers = ", ".join(f"{t['users']}: {t['power']:.0%}" for t in needed["tried"])
-        text += (
-            f"\nusers needed for 80% power at p < 0.05 ({signal}s): {found} (power by users: {powers})"
-        )
+        text += f"\nusers needed for 80% power at p < 0.05 ({signal}s): {found} (power by users: {powers})"
     click.echo(json.dumps(report, indent=2) if as_json else text)
