@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import yaml
 
@@ -22,7 +23,8 @@ from starling.v1 import common_pb2, recommend_pb2, recommend_pb2_grpc
 
 pytestmark = pytest.mark.slow
 
-N_RATINGS = 200_000  # a world of its own: about 1,300 users, half for each design
+N_RATINGS = 200_000  # a world of its own: about 1,300 users
+USERS_PER_DESIGN = 400  # disjoint: the second design does not meet lists the first one used up
 ARMS = [{"name": "model", "share": 50}, {"name": "random", "share": 50, "overrides": {"ranker": "random"}}]
 AB = {"name": "ranker-ab", "layer": "ranking", "salt": "sim-1", "type": "ab", "arms": ARMS}
 INTERLEAVING = {
@@ -32,7 +34,7 @@ INTERLEAVING = {
     "type": "interleaving",
     "arms": ARMS,
 }
-STEPS = (20, 40, 80, 120, 160, 240, 320, 480, 640)
+STEPS = (20, 40, 80, 120, 160, 240, 320, 400)  # at most the users of a design
 ROUNDS = 5
 FIGURES = Path(__file__).resolve().parent.parent / "docs" / "experiment-figures.json"
 
@@ -107,8 +109,9 @@ def test_ab_and_interleaving_find_the_better_ranker_and_replay_agrees(stack) -> 
     import polars as pl
 
     people = pl.read_parquet(workdir / "ratings.parquet")["user_id"].unique().sort().to_list()
-    half = len(people) // 2  # disjoint users: the second design does not meet lists the first one used up
-    ab_run = _simulate(settings, seed=1, user_ids=people[:half], rounds=ROUNDS)
+    rng = np.random.default_rng(0)
+    chosen = rng.choice(people, size=2 * USERS_PER_DESIGN, replace=False).tolist()
+    ab_run = _simulate(settings, seed=1, user_ids=chosen[:USERS_PER_DESIGN], rounds=ROUNDS)
     assert sum(ab_run.errors.values()) <= 0.01 * ab_run.requests, ab_run.summary()  # a shared, noisy machine
     ab = experiment_report(workdir, "ranker-ab", shares)
     random_vs_model = ab["arms"]["random"]["vs_control"]["like_rate"]
@@ -122,7 +125,7 @@ def test_ab_and_interleaving_find_the_better_ranker_and_replay_agrees(stack) -> 
 
     config.write_text(yaml.safe_dump({"experiments": [INTERLEAVING]}))  # the same arms, interleaved
     _wait_for_experiment(settings, "ranker-interleaving", "interleaved")
-    il_run = _simulate(settings, seed=2, user_ids=people[half:], rounds=ROUNDS)
+    il_run = _simulate(settings, seed=2, user_ids=chosen[USERS_PER_DESIGN:], rounds=ROUNDS)
     assert il_run.requests > 0 and sum(il_run.errors.values()) <= 0.01 * il_run.requests, il_run.summary()
     interleaving = experiment_report(workdir, "ranker-interleaving", shares)["interleaving"]
     assert interleaving["preferred"] == "model" and interleaving["p"] < 0.05, (interleaving, il_run.summary())
