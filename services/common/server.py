@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from threadpoolctl import threadpool_limits
 
 import starling
 from services.common.auth import AdminOnlyInterceptor, AuthInterceptor
@@ -149,6 +150,10 @@ def run_service(
 ) -> None:
     """Entry point of a service process: serve until SIGTERM/SIGINT, then drain and exit. ``admin``: a second
     port for the methods the public one refuses (catalog writes), never exposed publicly."""
+    # Requests run concurrently; a BLAS call that spreads each small product over every core only makes them
+    # wait for each other (measured: recall p50 120 ms at 8 concurrent Recommends with the default threads,
+    # 47 ms with one).
+    threadpool_limits(limits=1, user_api="blas")
     try:
         asyncio.run(_serve_until_signalled(name, register, port, on_started, admin))
     except OSError as exc:
