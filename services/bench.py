@@ -92,8 +92,69 @@ async def _drive(
     }
 
 
+def service_cpu_seconds(workdir: Path) -> dict[str, float]:
+    """CPU seconds (user + system) each service process of WORKDIR's stack has used, its child processes
+    (milvus-lite's server) included; services that are gone are left out."""
+    import psutil
+
+    from starling.local import read_state
+
+    used: dict[str, float] = {}
+    for service in read_state(workdir):
+        try:
+            process = psutil.Process(service.pid)
+            tree = [process, *process.children(recursive=True)]
+            used[service.name] = sum(sum(p.cpu_times()[:2]) for p in tree)
+        except psutil.Error:
+            continue
+    return used
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """Milliseconds of server CPU per request, per service and in total, between two readings."""
+    per = {
+        name: round((after[name] - before[name]) * 1000.0 / max(requests, 1), 3)
+        for name in sorted(after)
+        if name in before
+    }
+    return {**per, "total": round(sum(per.values()), 3)}
+
+
+COMPARED = ("requests_per_second", "p50_ms", "p99_ms", "server_cpu_ms_per_request")
+
+
+def compare_runs(current: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """Per concurrency level both reports ran: each figure of ``COMPARED`` now, then, and now / then (for
+    req/s higher is better; for the others lower is)."""
+    then = {run["concurrency"]: run for run in baseline.get("runs", [])}
+    levels = []
+    for run in current["runs"]:
+        old = then.get(run["concurrency"])
+        if old is None:
+            continue
+        figures = {}
+        for name in COMPARED:
+            new_value, old_value = run.get(name), old.get(name)
+            if isinstance(new_value, dict):
+                new_value, old_value = new_value.get("total"), (old_value or {}).get("total")
+            if new_value is None or old_value is None:
+                continue
+            figures[name] = {
+                "now": new_value,
+                "baseline": old_value,
+                "ratio": round(new_value / old_value, 3) if old_value else None,
+            }
+        levels.append({"concurrency": run["concurrency"], **figures})
+    return {"baseline_machine": baseline.get("machine"), "levels": levels}
+
+
 def bench_serve(
-    workdir: Path, duration_s: float, concurrency: list[int], k: int = 20, target: str | None = None
+    workdir: Path,
+    duration_s: float,
+    concurrency: list[int],
+    k: int = 20,
+    target: str | None = None,
+    baseline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from starling.local import down, is_healthy, up
 
@@ -109,11 +170,19 @@ def bench_serve(
         users = (
             pl.read_parquet(workdir / "ratings.parquet", columns=["user_id"])["user_id"].unique().to_numpy()
         )
-        runs = [asyncio.run(_drive(target, users, k, duration_s, c, seed=c)) for c in concurrency]
+        runs = []
+        for level in concurrency:
+            before = service_cpu_seconds(workdir)
+            run = asyncio.run(_drive(target, users, k, duration_s, level, seed=level))
+            # the warm-up's requests are in the CPU reading too: counted with the measured ones
+            run["server_cpu_ms_per_request"] = cpu_per_request(
+                before, service_cpu_seconds(workdir), run["requests"] + WARMUP_REQUESTS
+            )
+            runs.append(run)
     finally:
         if started_here:
             down(workdir)
-    return {
+    report = {
         "benchmark": "serve",
         "target": target,
         "k": k,
@@ -122,6 +191,9 @@ def bench_serve(
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.system()}",
         "runs": runs,
     }
+    if baseline is not None:
+        report["compared"] = compare_runs(report, baseline)
+    return report
 
 
 # ------------------------------------------------------------------------------------------------ upsert

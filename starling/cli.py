@@ -466,17 +466,40 @@ def similar(movie_id: int, k: int, target: str | None, as_json: bool) -> None:
 @click.option("--k", type=int, default=20, show_default=True)
 @click.option("--target", default=None, help="RecommendService address (default 127.0.0.1:50051).")
 @click.option("--json", "as_json", is_flag=True, default=True, help="Print JSON (the default).")
+@click.option(
+    "--compare",
+    "baseline_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="An earlier `bench serve` JSON: adds each figure's ratio to it (`compared`).",
+)
 def bench_serve(
-    workdir: Path, duration_s: float, concurrency: str, k: int, target: str | None, as_json: bool
+    workdir: Path,
+    duration_s: float,
+    concurrency: str,
+    k: int,
+    target: str | None,
+    as_json: bool,
+    baseline_path: Path | None,
 ) -> None:
-    """End-to-end and per-stage latency (p50/p95/p99 ms) and requests/s of Recommend over gRPC."""
+    """End-to-end and per-stage latency (p50/p95/p99 ms), requests/s and server CPU per request (per service
+    process) of Recommend over gRPC; --compare prints the ratios to an earlier run."""
     from services.bench import bench_serve as run
+
+    baseline = None
+    if baseline_path is not None:
+        try:
+            baseline = json.loads(baseline_path.read_text().strip().splitlines()[-1])
+        except (ValueError, IndexError) as exc:
+            raise StarlingError(
+                f"--compare {baseline_path}: not a `bench serve` JSON report ({exc})"
+            ) from exc
 
     try:
         levels = [int(level) for level in concurrency.split(",") if level.strip()]
     except ValueError as exc:
         raise StarlingError(f"--concurrency {concurrency!r}: expected integers like 1,8") from exc
-    click.echo(json.dumps(run(workdir, duration_s, levels, k=k, target=target)))
+    click.echo(json.dumps(run(workdir, duration_s, levels, k=k, target=target, baseline=baseline)))
 
 
 @bench.command("upsert")

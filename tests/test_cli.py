@@ -96,3 +96,10 @@ def test_long_steps_report_progress_one_line_each_off_a_terminal_and_a_bar_on_on
 
     code, terminal = _run(["features", "build", str(tmp_path)], env, stderr_tty=True)
     assert code == 0 and "features build:" in terminal and "stages/s]" in terminal, terminal[-2000:]
+
+
+def test_bench_serve_compare_needs_a_bench_report(tmp_path: Path) -> None:
+    bad = tmp_path / "baseline.json"
+    bad.write_text("not json")
+    result = CliRunner().invoke(cli, ["bench", "serve", "--workdir", str(tmp_path), "--compare", str(bad)])
+    assert result.exit_code != 0 and "not a `bench serve` JSON report" in result.output, result.output
