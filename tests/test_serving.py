@@ -751,6 +751,34 @@ def test_new_movie_is_served_at_once(stack) -> None:
     )
 
 
+def test_bench_serve_reports_server_cpu_per_request_and_compares(stack) -> None:
+    from services.bench import bench_serve, compare_runs
+
+    settings, _ = stack
+    report = bench_serve(
+        settings.workdir, 1.5, [1, 2], target=f"127.0.0.1:{settings.recommend_port}", baseline=None
+    )
+    for run in report["runs"]:
+        cpu = run["server_cpu_ms_per_request"]
+        assert run["requests"] > 0 and not run["errors"], run
+        assert {"recommend", "candidates", "recall", "rerank", "ranker"} <= set(cpu), cpu
+        assert cpu["recommend"] > 0 and cpu["recall"] > 0 and cpu["ranker"] > 0, cpu
+        assert abs(cpu["total"] - sum(v for k, v in cpu.items() if k != "total")) < 0.01
+    faster = {
+        "machine": "then",
+        "runs": [{**run, "p99_ms": run["p99_ms"] / 2} for run in report["runs"]],
+    }
+    compared = compare_runs(report, faster)
+    assert compared["baseline_machine"] == "then" and [lv["concurrency"] for lv in compared["levels"]] == [
+        1,
+        2,
+    ]
+    level = compared["levels"][0]
+    assert level["p99_ms"]["ratio"] == pytest.approx(2.0, rel=1e-2) and level["p50_ms"]["ratio"] == 1.0
+    assert level["server_cpu_ms_per_request"]["ratio"] == 1.0
+    assert compare_runs(report, {"runs": [{"concurrency": 64}]})["levels"] == [], "no level in common"
+
+
 def _kill(workdir: Path, name: str) -> None:
     """SIGKILL one service (no drain: as if its pod died) and wait until it is gone."""
     process = next(p for p in read_state(workdir) if p.name == name)
@@ -801,31 +829,3 @@ def test_fallbacks_as_stages_die_one_by_one(stack) -> None:
     )
     scores = [item.score for item in response.items]
     assert scores == sorted(scores, reverse=True), "without rerank: top k by score"
-
-
-def test_bench_serve_reports_server_cpu_per_request_and_compares(stack) -> None:
-    from services.bench import bench_serve, compare_runs
-
-    settings, _ = stack
-    report = bench_serve(
-        settings.workdir, 1.5, [1, 2], target=f"127.0.0.1:{settings.recommend_port}", baseline=None
-    )
-    for run in report["runs"]:
-        cpu = run["server_cpu_ms_per_request"]
-        assert run["requests"] > 0 and not run["errors"], run
-        assert {"recommend", "candidates", "recall", "rerank", "ranker"} <= set(cpu), cpu
-        assert cpu["recommend"] > 0 and cpu["recall"] > 0 and cpu["ranker"] > 0, cpu
-        assert abs(cpu["total"] - sum(v for k, v in cpu.items() if k != "total")) < 0.01
-    faster = {
-        "machine": "then",
-        "runs": [{**run, "p99_ms": run["p99_ms"] / 2} for run in report["runs"]],
-    }
-    compared = compare_runs(report, faster)
-    assert compared["baseline_machine"] == "then" and [lv["concurrency"] for lv in compared["levels"]] == [
-        1,
-        2,
-    ]
-    level = compared["levels"][0]
-    assert level["p99_ms"]["ratio"] == pytest.approx(2.0, rel=1e-2) and level["p50_ms"]["ratio"] == 1.0
-    assert level["server_cpu_ms_per_request"]["ratio"] == 1.0
-    assert compare_runs(report, {"runs": [{"concurrency": 64}]})["levels"] == [], "no level in common"
