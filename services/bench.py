@@ -197,25 +197,6 @@ def bench_serve(
 
 
 # ------------------------------------------------------------------------------------------------ upsert
-def _free_port(metrics_neighbour: bool = False) -> int:
-    """A TCP port free a moment ago; with ``metrics_neighbour`` port + 1000 (its /metrics) was free too."""
-    import socket
-
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if not metrics_neighbour:
-            return port
-        if port + 1000 <= 65535:
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port + 1000))
-                    return port
-                except OSError:
-                    continue
-
-
 def bench_upsert(workdir: Path, n: int = 200, visible_sample: int = 20, rate: float = 4.0) -> dict[str, Any]:
     """UpsertMovie latency (client side, one at a time, started ``rate`` times a second; 0 = back to back)
     with the text encoder on the write path, and how long recall takes to place the new movie (SimilarMovies
@@ -228,7 +209,7 @@ def bench_upsert(workdir: Path, n: int = 200, visible_sample: int = 20, rate: fl
 
     from starling.auth import authorized_channel, client_token
     from starling.events import MOVIE_STREAM, read_all
-    from starling.local import down, up
+    from starling.local import down, free_stack_ports, up
     from starling.v1 import catalog_pb2, catalog_pb2_grpc, recall_pb2, recall_pb2_grpc
 
     if n < 1 or visible_sample < 0 or rate < 0:
@@ -242,10 +223,7 @@ def bench_upsert(workdir: Path, n: int = 200, visible_sample: int = 20, rate: fl
         shutil.copytree(
             source, copy, symlinks=True, ignore=shutil.ignore_patterns("run", "milvus.db", ".milvus.db.lock")
         )
-        ports = {f"{name}_port": _free_port(True) for name in ("recommend", "candidates", "recall", "rerank")}
-        ports["admin_port"] = _free_port()
-        ports.update({f"{name}_port": _free_port() for name in ("ranker_grpc", "ranker_http", "web")})
-        settings = get_settings().model_copy(update={"workdir": copy, **ports})
+        settings = get_settings().model_copy(update={"workdir": copy, **free_stack_ports()})
         up(copy, settings=settings)
         try:
             admin = authorized_channel(f"127.0.0.1:{settings.admin_port}", client_token(settings))

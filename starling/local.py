@@ -75,6 +75,36 @@ def metrics_port_of(settings: Settings, name: str) -> int:
     return settings.ranker_http_port if name == "ranker" else port_of(settings, name) + 1000
 
 
+def free_port(metrics_neighbour: bool = False) -> int:
+    """A TCP port that was free a moment ago (another process may take it before it is bound); with
+    ``metrics_neighbour``, port + 1000 (where a gRPC service serves /metrics) was free too."""
+    import socket
+
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if not metrics_neighbour:
+            return port
+        if port + 1000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1000))
+            except OSError:
+                continue
+        return port
+
+
+def free_stack_ports() -> dict[str, int]:
+    """Settings overrides that put every service of a stack on ports free a moment ago (a second stack beside
+    the default one: the tests, ``starling bench upsert``)."""
+    ports = {f"{name}_port": free_port(True) for name in ("recommend", "candidates", "recall", "rerank")}
+    ports["admin_port"] = free_port()
+    ports.update({f"{name}_port": free_port() for name in ("ranker_grpc", "ranker_http", "web")})
+    return ports
+
+
 def service_environment(workdir: Path, settings: Settings) -> dict[str, str]:
     """The child processes' environment: this one plus every setting, so the services share ``settings``."""
     env = dict(os.environ)

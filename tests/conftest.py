@@ -115,31 +115,12 @@ def copy_workdir(source: Path, target: Path) -> Path:
     return target
 
 
-def pick_port(metrics_neighbour: bool = False) -> int:
-    """A TCP port that was free a moment ago (good enough for tests); with ``metrics_neighbour``, port + 1000
-    (where a service serves /metrics) was free too."""
-    import socket
-
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if not metrics_neighbour:
-            return port
-        if port + 1000 > 65535:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1000))
-            except OSError:
-                continue
-        return port
-
-
 @pytest.fixture(scope="session")
 def free_port() -> Callable[[], int]:
     """Returns a function giving a TCP port that was free a moment ago."""
-    return pick_port
+    from starling.local import free_port as pick
+
+    return pick
 
 
 @pytest.fixture(scope="session")
@@ -164,11 +145,9 @@ def running_stack(workdir: Path, **overrides: object) -> Iterator[Settings]:
 
     Stage deadlines are generous: the tests check behaviour on a shared, noisy machine, not speed.
     """
-    from starling.local import down, up
+    from starling.local import down, free_stack_ports, up
 
-    ports = {f"{name}_port": pick_port(True) for name in ("recommend", "candidates", "recall", "rerank")}
-    ports["admin_port"] = pick_port()
-    ports.update({f"{name}_port": pick_port() for name in ("ranker_grpc", "ranker_http", "web")})
+    ports = free_stack_ports()
     deadlines = {f"{stage}_timeout_ms": 5000 for stage in ("candidates", "recall", "ranker", "rerank")}
     settings = Settings(workdir=workdir, **{**ports, **deadlines, **overrides})
     up(workdir, timeout_s=240, settings=settings)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
-import socket
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from starling.data.datasets import PROVENANCE_FILE, resolve_dataset
 from starling.data.fixtures import write_100k_layout, write_csv_layout
 from starling.data.ingest import ingest
 from starling.errors import StarlingError
+from starling.local import free_port
 
 
 def settings_for(
@@ -63,12 +63,6 @@ def publish_zip(served: Path, name: str, md5: str | None = None) -> str:
     digest = hashlib.md5(archive.read_bytes(), usedforsecurity=False).hexdigest()
     (folder / f"{name}.zip.md5").write_text(f"MD5 ({name}.zip) = {md5 or digest}\n")
     return digest
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_local_copy_on_the_search_path(tmp_path: Path) -> None:
