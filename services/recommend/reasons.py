@@ -62,22 +62,13 @@ def item_reasons(
         np.asarray(by_text, dtype=bool).tolist(),
         strict=True,
     ):
-        if because and text_only:
+        if because:
             title = str(catalog.titles[because_position])
             reasons.append(
                 recommend_pb2.Reason(
-                    kind=Kind.REASON_KIND_SIMILAR_TEXT,
+                    kind=Kind.REASON_KIND_SIMILAR_TEXT if text_only else Kind.REASON_KIND_BECAUSE_YOU_LIKED,
                     because_movie_id=because,
-                    text=f"Like {title}, which you liked",
-                )
-            )
-        elif because:
-            title = str(catalog.titles[because_position])
-            reasons.append(
-                recommend_pb2.Reason(
-                    kind=Kind.REASON_KIND_BECAUSE_YOU_LIKED,
-                    because_movie_id=because,
-                    text=f"Because you liked {title}",
+                    text=f"Like {title}, which you liked" if text_only else f"Because you liked {title}",
                 )
             )
         elif channel == "new":
