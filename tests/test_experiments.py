@@ -250,7 +250,7 @@ def test_feedback_is_counted_under_the_arm_that_served_it() -> None:
             (model_user, 8, "rating", 4.0, "someone-else"),  # unknown request: the assigned arm
         ]
     )
-    counts = {(e, a, s): n for e, a, s, n in feedback_by_arm(config, events, recent).iter_rows()}
+    counts = {(e, a, s): n for e, a, s, n in feedback_by_arm(config, events, recent, 3.5).iter_rows()}
     assert counts[("recall-size", "large", "like")] == 1 and counts[("recall-size", "large", "rating")] == 1
     assert counts[("recall-size", "small", "like")] == 1 and ("recall-size", "small", "rating") not in counts
     assert counts[("recall-size", INTERLEAVED, "click")] == 1
@@ -259,9 +259,11 @@ def test_feedback_is_counted_under_the_arm_that_served_it() -> None:
     )  # both (r1), random_user (r2), model_user x2
     assert counts[("ranker-vs-random", "model", "like")] == 2 + 2
     assert ("ranker-vs-random", "random", "rating") not in counts
-    assert feedback_by_arm(config_of(), events, recent).is_empty()
+    assert feedback_by_arm(config_of(), events, recent, 3.5).is_empty()
     click = _feedback([(outside, 1, "click", float("nan"), None)])
-    assert feedback_by_arm(config_of(INTERLEAVING), click, RecentLists()).is_empty(), "not in the experiment"
+    assert feedback_by_arm(config_of(INTERLEAVING), click, RecentLists(), 3.5).is_empty(), (
+        "not in the experiment"
+    )
 
 
 def test_team_draft_interleaving() -> None:

@@ -45,10 +45,6 @@ class UpsertEncoder:
         finally:
             self._ready.set()
 
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set() and self._encoder is not None
-
     def vectors(self, movies: pl.DataFrame) -> np.ndarray | None:
         """float32 [movies, 384] for ``movies`` (movie_id, title, release_year, genres); None without a model."""
         if not self._ready.wait(self.wait_s) or self._encoder is None:

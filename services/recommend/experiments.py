@@ -22,8 +22,6 @@ from services.common.experiments import (
     arm_indices,
 )
 
-LIKE_THRESHOLD = 3.5  # the report's like: a rating of 3.5 or more, or a watch
-
 
 def checked_forced_arms(force_arms: Sequence[Any], config: ExperimentsConfig) -> dict[str, str]:
     """``context.force_arms`` as {experiment: arm}; InvalidArgument names an unknown experiment or arm."""
@@ -131,17 +129,20 @@ class RecentLists:
         return frame.explode("experiments").unnest("experiments").explode(["movie_id", "item_arm"])
 
 
-def feedback_by_arm(config: ExperimentsConfig, events: pl.DataFrame, recent: RecentLists) -> pl.DataFrame:
-    """Accepted feedback ``events`` (the ratings stream's columns) counted per experiment, arm and signal
-    (like, rating, click): the arm of the served list the event names by request_id when ``recent`` holds it
-    (for an interleaving list, the arm that contributed the movie), else the user's assigned arm. Users in no
-    experiment are not counted. Columns: experiment, arm, signal, events."""
+def feedback_by_arm(
+    config: ExperimentsConfig, events: pl.DataFrame, recent: RecentLists, like_threshold: float
+) -> pl.DataFrame:
+    """Accepted feedback ``events`` (the ratings stream's columns) counted per experiment, arm and signal (like:
+    a rating of ``like_threshold`` or more, or a watch; rating; click), under the arm of the served list the
+    event names by request_id when ``recent`` holds it (for an interleaving list, the arm that contributed the
+    movie), else the user's assigned arm. Users in no experiment are not counted. Columns: experiment, arm,
+    signal, events."""
     rated = pl.col("kind") == "rating"
     signals = events.select(
         "user_id",
         "movie_id",
         pl.col("request_id").fill_null(""),
-        like=(rated & (pl.col("rating") >= LIKE_THRESHOLD)) | (pl.col("kind") == "watch"),
+        like=(rated & (pl.col("rating") >= like_threshold)) | (pl.col("kind") == "watch"),
         rating=rated,
         click=pl.col("kind") == "click",
     )

@@ -255,7 +255,9 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         return response
 
     def _count_experiment_feedback(self, events: pl.DataFrame) -> None:
-        counts = feedback_by_arm(self.experiments.config, events, self.recent_lists)
+        counts = feedback_by_arm(
+            self.experiments.config, events, self.recent_lists, self.settings.like_threshold
+        )
         for experiment, arm, signal, n in counts.iter_rows():  # one row per (experiment, arm, signal)
             EXPERIMENT_FEEDBACK.labels(experiment, arm, signal).inc(n)
 
