@@ -68,12 +68,17 @@ def append(workdir: Path, stream: str, frame: pl.DataFrame) -> Path:
     file; returns its path."""
     directory = stream_dir(workdir, stream)
     directory.mkdir(parents=True, exist_ok=True)
-    lacking = [name for name in OPTIONAL_COLUMNS[stream] if name not in frame.columns]
-    frame = frame.with_columns(pl.lit(None).alias(name) for name in lacking).select(
+    frame = _with_optional_columns(frame, stream).select(
         [pl.col(name).cast(dtype) for name, dtype in SCHEMAS[stream].items()]
     )
     name = f"{time.time_ns():020d}-{os.getpid()}-{next(_sequence):06d}.parquet"
     return _write_durably(directory, name, frame)
+
+
+def _with_optional_columns(frame: pl.DataFrame, stream: str) -> pl.DataFrame:
+    """``frame`` with the stream's optional columns it lacks, as nulls of their type."""
+    lacking = [name for name in OPTIONAL_COLUMNS[stream] if name not in frame.columns]
+    return frame.with_columns(pl.lit(None, SCHEMAS[stream][name]).alias(name) for name in lacking)
 
 
 def _write_durably(directory: Path, name: str, frame: pl.DataFrame) -> Path:
@@ -109,10 +114,7 @@ def _log_files(directory: Path) -> list[Path]:
 def _with_provenance(path: Path, stream: str) -> pl.DataFrame:
     """A file's rows with (_source, _row): a segment has them; a single file gets its own name. Optional
     columns the file lacks are added as nulls."""
-    frame = pl.read_parquet(path)
-    lacking = [name for name in OPTIONAL_COLUMNS[stream] if name not in frame.columns]
-    if lacking:
-        frame = frame.with_columns(pl.lit(None, SCHEMAS[stream][name]).alias(name) for name in lacking)
+    frame = _with_optional_columns(pl.read_parquet(path), stream)
     if is_segment(path):
         return frame
     return frame.with_columns(
