@@ -204,12 +204,11 @@ def bench_upsert(workdir: Path, n: int = 200, visible_sample: int = 20, rate: fl
     back the machine is busy with the previous movies while the next is written; a catalog grows by a few
     movies a minute, so the default paces them. Runs on a private copy of WORKDIR with its own stack on free
     ports, so the benchmark's movies never enter WORKDIR's catalog."""
-    import shutil
     import tempfile
 
     from starling.auth import authorized_channel, client_token
     from starling.events import MOVIE_STREAM, read_all
-    from starling.local import down, free_stack_ports, up
+    from starling.local import copy_workdir, down, free_stack_ports, up
     from starling.v1 import catalog_pb2, catalog_pb2_grpc, recall_pb2, recall_pb2_grpc
 
     if n < 1 or visible_sample < 0 or rate < 0:
@@ -220,9 +219,7 @@ def bench_upsert(workdir: Path, n: int = 200, visible_sample: int = 20, rate: fl
     genres = [["Animation", "Children", "Comedy"], ["Horror", "Thriller"], ["Drama", "Romance"], ["Sci-Fi"]]
     with tempfile.TemporaryDirectory(prefix="starling-bench-upsert-") as tmp:
         copy = Path(tmp) / "workdir"
-        shutil.copytree(
-            source, copy, symlinks=True, ignore=shutil.ignore_patterns("run", "milvus.db", ".milvus.db.lock")
-        )
+        copy_workdir(source, copy)
         settings = get_settings().model_copy(update={"workdir": copy, **free_stack_ports()})
         up(copy, settings=settings)
         try:

@@ -75,6 +75,20 @@ def metrics_port_of(settings: Settings, name: str) -> int:
     return settings.ranker_http_port if name == "ranker" else port_of(settings, name) + 1000
 
 
+def copy_workdir(source: Path, target: Path) -> Path:
+    """Copy a workdir without its running-service state (run/) or vector store file (a second stack's own)."""
+    import shutil
+
+    shutil.copytree(
+        source,
+        target,
+        dirs_exist_ok=True,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("run", "milvus.db", ".milvus.db.lock"),
+    )
+    return target
+
+
 def free_port(metrics_neighbour: bool = False) -> int:
     """A TCP port that was free a moment ago (another process may take it before it is bound); with
     ``metrics_neighbour``, port + 1000 (where a gRPC service serves /metrics) was free too."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from starling.config import REPO_ROOT, Settings
+from starling.local import copy_workdir
 
 # Content vectors (a language model over the whole catalog, ~25 s a training) only where a test asks for them:
 # the served ml-latest-small artifact (ml_small_trained) has them; the many other trainings skip them.
@@ -99,20 +100,6 @@ def synthetic_trained(synthetic_features: Path, tmp_path_factory: pytest.TempPat
     materialize(workdir)
     train_command(workdir, "rank_mlp", publish=True, windows=fast_windows())
     return workdir
-
-
-def copy_workdir(source: Path, target: Path) -> Path:
-    """Copy a workdir without its running-service state (run/) or vector store file."""
-    import shutil
-
-    shutil.copytree(
-        source,
-        target,
-        dirs_exist_ok=True,
-        symlinks=True,
-        ignore=shutil.ignore_patterns("run", "milvus.db", ".milvus.db.lock"),
-    )
-    return target
 
 
 @pytest.fixture(scope="session")
