@@ -190,6 +190,21 @@ def test_recall_state_round_trips_and_aligns_new_movies(world, tmp_path: Path) -
     )
     assert np.allclose(again.vectors[row], 7.0), "a placement made before is kept, not recomputed"
     np.testing.assert_array_equal(np.delete(again.vectors, row, 0), np.delete(model.vectors, row, 0))
+    assert model.placed[row] and not model.placed[known].any()
+
+    # An upserted movie that training saw with too few likes for a vector of its own stays placed until it
+    # has one; one with a learnt vector switches over to it.
+    vectorless = np.flatnonzero(model.in_snapshot & ~model.has_vector & model.genre_matrix.any(axis=1))[0]
+    learnt = np.flatnonzero(known)[0]
+    upserted = np.array([100, model.movie_ids[vectorless], model.movie_ids[learnt]])
+    switched = RecallModel.align(
+        loaded, grown.movie_ids, grown.release_years, grown.genre_matrix, upserted=upserted
+    )
+    assert switched.placed[vectorless] and switched.has_vector[vectorless]
+    assert np.isclose(np.linalg.norm(switched.vectors[vectorless]), typical, rtol=1e-5)
+    assert not switched.placed[learnt]
+    np.testing.assert_array_equal(switched.vectors[learnt], model.vectors[learnt])
+    np.testing.assert_allclose(switched.vectors[row], model.vectors[row], rtol=1e-5)
     with pytest.raises(Exception, match="not a readable recall state"):
         RecallState.load(tmp_path / "missing")
 

@@ -125,7 +125,12 @@ def served_snapshot(
         catalog=catalog,
         history=history,
         recall=RecallModel.align(
-            state, catalog.movie_ids, catalog.release_years, catalog.genre_matrix, content
+            state,
+            catalog.movie_ids,
+            catalog.release_years,
+            catalog.genre_matrix,
+            content,
+            upserted=upserted["movie_id"].to_numpy() if upserted.height else None,
         ),
         users=UserFeatureTable(pl.read_parquet(features / "user_features.parquet")),
         movie_features=pl.read_parquet(features / "movie_features.parquet").select(

@@ -86,6 +86,7 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         self.settings = settings
         self.index_uri = index_uri
         self.upserted_content = ContentTable.empty()  # text vectors that catalog upserts carried
+        self.upserted_ids = np.empty(0, dtype=np.int64)  # every movie the catalog upserts added or changed
         self.content = content or ContentTable.empty()  # the published version's, with the upserts' on top
         self.serving = self._build(state, version, path, catalog)
 
@@ -95,7 +96,12 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
     # ------------------------------------------------------------------------------------------ state
     def _build(self, state: RecallState, version: str, path: Path, catalog: Catalog) -> ServingState:
         model = RecallModel.align(
-            state, catalog.movie_ids, catalog.release_years, catalog.genre_matrix, self.content
+            state,
+            catalog.movie_ids,
+            catalog.release_years,
+            catalog.genre_matrix,
+            self.content,
+            upserted=self.upserted_ids,
         )
         index = None
         if self.index_uri is not None:
@@ -114,9 +120,10 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         carried = content_of_upserts(movies)
         self.upserted_content = self.upserted_content.upserted(*carried)
         self.content = self.content.upserted(*carried)
+        arrived = movies["movie_id"].to_numpy()
+        self.upserted_ids = np.union1d(self.upserted_ids, arrived)
         previous = serving.model
-        earlier = ~previous.in_snapshot & previous.has_vector
-        earlier &= ~np.isin(previous.movie_ids, movies["movie_id"].to_numpy())  # re-upserted: placed again
+        earlier = previous.placed & ~np.isin(previous.movie_ids, arrived)  # re-upserted: placed again
         model = RecallModel.align(
             previous.state,
             catalog.movie_ids,
@@ -124,10 +131,9 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
             catalog.genre_matrix,
             self.content,
             placed=(previous.movie_ids[earlier], previous.vectors[earlier]),
+            upserted=self.upserted_ids,
         )
-        changed = np.flatnonzero(
-            np.isin(catalog.movie_ids, movies["movie_id"].to_numpy()) & ~model.in_snapshot & model.has_vector
-        )
+        changed = np.flatnonzero(np.isin(catalog.movie_ids, arrived) & model.placed)
         if serving.index is not None and len(changed):
             serving.index.upsert(catalog.movie_ids[changed], model.vectors[changed])
         self.catalog = catalog

@@ -208,6 +208,7 @@ class RecallModel:
     neighbour_scores: np.ndarray
     vectors: np.ndarray  # float32 [movies, f] (ALS factors; genre means for movies new since the snapshot)
     in_snapshot: np.ndarray  # bool [movies]: the snapshot knew the movie
+    placed: np.ndarray  # bool [movies]: the vector is placed (text, genres), not learnt from ratings
     has_vector: np.ndarray  # bool [movies]
     text_vectors: np.ndarray | None = None  # float32 [movies, d] unit text vectors, zeros where unknown
 
@@ -235,10 +236,14 @@ class RecallModel:
         genre_matrix: np.ndarray,
         content: ContentTable | None = None,
         placed: tuple[np.ndarray, np.ndarray] | None = None,
+        upserted: np.ndarray | None = None,
     ) -> RecallModel:
         """Re-index the state's per-movie arrays onto a catalog's rows (``movie_ids`` sorted); ``content``
         (text vectors) places the movies the state does not know (:func:`new_movie_vectors`). ``placed``
-        (movie ids, vectors) are placements made before for movies unchanged since: kept, not recomputed."""
+        (movie ids, vectors) are placements made before for movies unchanged since: kept, not recomputed.
+        ``upserted``: ids of movies added through the catalog (UpsertMovie); one the state knows without a
+        collaborative vector (rated, but fewer than ``min_likes`` likes) is placed as if new, so it keeps a
+        vector until training gives it its own."""
         movie_ids = np.asarray(movie_ids, dtype=np.int64)
         n = len(state.movie_ids)
         if n:
@@ -279,14 +284,20 @@ class RecallModel:
         ease_index = np.full(len(movie_ids), -1, dtype=np.int64)
         ease_index[ease_rows] = np.arange(len(ease_rows))
         known_vectors = take(state.als_factors, 0.0)
+        learnt = found & np.any(known_vectors != 0, axis=1)
+        # the rows whose vector is learnt from ratings, or in place for another reason: known to the state,
+        # except upserted movies without a learnt vector (placed like new ones)
+        settled = found.copy()
+        if upserted is not None and len(upserted):
+            settled &= ~(np.isin(movie_ids, upserted) & ~learnt)
         keep = np.zeros(len(movie_ids), dtype=bool)
         if placed is not None and len(placed[0]):
             rows = sorted_positions(movie_ids, placed[0])
-            kept = (rows >= 0) & ~found[np.maximum(rows, 0)]
+            kept = (rows >= 0) & ~settled[np.maximum(rows, 0)]
             known_vectors[rows[kept]] = placed[1][kept]
             keep[rows[kept]] = True
         text_vectors = content.aligned(movie_ids) if content is not None else None
-        vectors = new_movie_vectors(known_vectors, found | keep, genre_matrix, text_vectors, known=found)
+        vectors = new_movie_vectors(known_vectors, settled | keep, genre_matrix, text_vectors, known=learnt)
         neighbour_ids = take(state.neighbour_ids, -1)
         neighbour_rows = sorted_positions(movie_ids, neighbour_ids.ravel()).reshape(neighbour_ids.shape)
         return cls(
@@ -311,6 +322,7 @@ class RecallModel:
             neighbour_scores=take(state.neighbour_scores, 0.0),
             vectors=vectors,
             in_snapshot=found,
+            placed=~settled & np.any(vectors != 0, axis=1),
             has_vector=np.any(vectors != 0, axis=1),
             text_vectors=text_vectors,
         )
