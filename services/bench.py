@@ -110,6 +110,19 @@ def service_cpu_seconds(workdir: Path) -> dict[str, float]:
     return used
 
 
+def _start_profile(workdir: Path, directory: Path | None, label: str, duration_s: float) -> list | None:
+    """py-spy recorders on every service of WORKDIR's stack for the level's window (None: not profiling)."""
+    if directory is None:
+        return None
+    from services.profiling import start_recording
+    from starling.local import read_state
+
+    services = {
+        s.name: s.pid for s in read_state(workdir) if s.name != "web"
+    }  # the gateway is not on the path
+    return start_recording(services, directory, label, duration_s)
+
+
 def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
     """Milliseconds of server CPU per request, per service and in total, between two readings."""
     per = {
@@ -155,7 +168,10 @@ def bench_serve(
     k: int = 20,
     target: str | None = None,
     baseline: dict[str, Any] | None = None,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """``profile_dir``: py-spy flamegraphs of every service at each level (services/profiling.py), with the
+    heaviest functions of each in the level's ``profile``."""
     from starling.local import down, is_healthy, up
 
     settings = get_settings()
@@ -172,12 +188,17 @@ def bench_serve(
         )
         runs = []
         for level in concurrency:
+            recordings = _start_profile(workdir, profile_dir, f"c{level}", duration_s)
             before = service_cpu_seconds(workdir)
             run = asyncio.run(_drive(target, users, k, duration_s, level, seed=level))
             # the warm-up's requests are in the CPU reading too: counted with the measured ones
             run["server_cpu_ms_per_request"] = cpu_per_request(
                 before, service_cpu_seconds(workdir), run["requests"] + WARMUP_REQUESTS
             )
+            if recordings is not None:
+                from services.profiling import finish_recording
+
+                run["profile"] = finish_recording(recordings, timeout_s=duration_s + 30)
             runs.append(run)
     finally:
         if started_here:

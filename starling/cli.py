@@ -67,11 +67,72 @@ def features() -> None:
     show_default=True,
     help="Global time cut-offs, or each user's last rating(s) held out.",
 )
-def features_build(workdir: Path, valid_frac: float, test_frac: float, split_kind: str) -> None:
+@click.option(
+    "--engine",
+    type=click.Choice(["polars", "spark"]),
+    default=None,
+    help="polars (one process) or spark (the same files, computed by PySpark). "
+    "Default: STARLING_FEATURES_ENGINE, else polars.",
+)
+@click.option(
+    "--master",
+    default=None,
+    help="Spark master of --engine spark: local[N], local[*], spark://HOST:PORT, k8s://https://HOST:PORT. "
+    "Default: STARLING_SPARK_MASTER, else local[2].",
+)
+@click.option(
+    "--spark-application",
+    "spark_application",
+    metavar="NAME",
+    default=None,
+    help="With --engine spark: do not compute here; ask the chart's SparkApplication NAME, which shares "
+    "WORKDIR, to build and wait for its answer.",
+)
+@click.option(
+    "--wait-timeout",
+    type=float,
+    default=4 * 3600.0,
+    show_default=True,
+    help="Seconds to wait for the SparkApplication's answer.",
+)
+def features_build(
+    workdir: Path,
+    valid_frac: float,
+    test_frac: float,
+    split_kind: str,
+    engine: str | None,
+    master: str | None,
+    spark_application: str | None,
+    wait_timeout: float,
+) -> None:
     """Build point-in-time samples, latest per-entity features and the feature spec in WORKDIR/features."""
+    from starling.config import get_settings
     from starling.features.build import SplitConfig, build_features
 
-    report = build_features(workdir, SplitConfig(kind=split_kind, valid_frac=valid_frac, test_frac=test_frac))
+    split = SplitConfig(kind=split_kind, valid_frac=valid_frac, test_frac=test_frac)
+    engine = engine or get_settings().features_engine
+    if engine not in ("polars", "spark"):
+        raise StarlingError(
+            f"features engine {engine!r} (STARLING_FEATURES_ENGINE): expected polars or spark"
+        )
+    if engine == "polars":
+        if master is not None or spark_application is not None:
+            raise StarlingError("--master and --spark-application apply to --engine spark only")
+        report = build_features(workdir, split)
+        click.echo(report.summary())
+        return
+    from starling.features import spark_engine
+
+    if spark_application is not None:
+        if master is not None:
+            raise StarlingError(
+                "--master and --spark-application exclude each other (the application has its own)"
+            )
+        click.echo(spark_engine.request_build(workdir, spark_application, split, wait_timeout))
+        return
+    report = spark_engine.build_features_spark(
+        workdir, split, master=spark_engine.check_master(master or get_settings().spark_master)
+    )
     click.echo(report.summary())
 
 
@@ -473,6 +534,14 @@ def similar(movie_id: int, k: int, target: str | None, as_json: bool) -> None:
     default=None,
     help="An earlier `bench serve` JSON: adds each figure's ratio to it (`compared`).",
 )
+@click.option(
+    "--profile",
+    "profile_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Record py-spy flamegraphs (SVG) of every service at each level into this folder; the report "
+    "names each service's heaviest functions.",
+)
 def bench_serve(
     workdir: Path,
     duration_s: float,
@@ -481,9 +550,11 @@ def bench_serve(
     target: str | None,
     as_json: bool,
     baseline_path: Path | None,
+    profile_dir: Path | None,
 ) -> None:
     """End-to-end and per-stage latency (p50/p95/p99 ms), requests/s and server CPU per request (per service
-    process) of Recommend over gRPC; --compare prints the ratios to an earlier run."""
+    process) of Recommend over gRPC; --compare prints the ratios to an earlier run; --profile records
+    flamegraphs."""
     from services.bench import bench_serve as run
 
     baseline = None
@@ -499,7 +570,8 @@ def bench_serve(
         levels = [int(level) for level in concurrency.split(",") if level.strip()]
     except ValueError as exc:
         raise StarlingError(f"--concurrency {concurrency!r}: expected integers like 1,8") from exc
-    click.echo(json.dumps(run(workdir, duration_s, levels, k=k, target=target, baseline=baseline)))
+    report = run(workdir, duration_s, levels, k=k, target=target, baseline=baseline, profile_dir=profile_dir)
+    click.echo(json.dumps(report))
 
 
 @bench.command("upsert")

@@ -34,6 +34,20 @@ class Settings(BaseSettings):
 
     # --- features -----------------------------------------------------------------------------------------
     like_threshold: float = Field(3.5, description="A rating >= this is a 'like' (label = 1).")
+    features_engine: str = Field(
+        "polars", description="Default engine of `features build`: polars (one process) or spark."
+    )
+    spark_master: str = Field(
+        "local[2]", description="Spark master of `features build --engine spark` when --master is not given."
+    )
+    spark_driver_memory: str = Field(
+        "2g", description="spark.driver.memory of the Spark sessions `features build` starts itself."
+    )
+    spark_shuffle_partitions: int = Field(
+        8,
+        description="spark.sql.shuffle.partitions of the Spark sessions `features build` starts itself "
+        "(under spark-submit the submitted configuration decides).",
+    )
 
     # --- Feast --------------------------------------------------------------------------------------------
     feature_repo: Path = Field(REPO_ROOT / "feature_repo", description="Feast repository directory.")
@@ -104,6 +118,24 @@ class Settings(BaseSettings):
     ranker_max_movies: int = Field(2000, description="Most movies one ranker request may score.")
     ranker_model_name: str = Field("starling-ranker", description="KServe model name of the ranker.")
     event_poll_s: float = Field(0.2, description="How often services read new feedback from the event log.")
+    event_bus: str = Field(
+        "",
+        description="Where feedback and catalog events are appended and followed (starling/eventbus.py): empty "
+        "= the file log under WORKDIR/events (the embedded default, one recommend process); "
+        "redis://[:password@]host:port/db (or rediss://) = Redis Streams shared by every replica, movie ids "
+        "from one Redis counter.",
+    )
+    event_bus_prefix: str = Field(
+        "starling:",
+        description="Key prefix of the event bus's streams and id counters in Redis (one per deployment "
+        "sharing a Redis).",
+    )
+    event_bus_maxlen: int = Field(
+        0,
+        ge=0,
+        description="Trim each Redis stream to about this many entries (one entry per append: a RecordFeedback "
+        "batch or an upsert); 0 = keep every event, as the file log does (restarts and training read them all).",
+    )
     max_feedback_future_s: float = Field(
         300.0, description="Feedback timestamps may be at most this far ahead."
     )

@@ -234,7 +234,9 @@ def verify(workdir: Path, stream: str) -> dict[str, object]:
 
 class EventFollower:
     """Reads the files of a stream that appeared since the last call (files written by this process can be
-    skipped: it applied them when it wrote them)."""
+    skipped: it applied them when it wrote them). The file implementation of starling.eventbus.Follower."""
+
+    waits = False  # poll returns at once: the follow loop sleeps between polls
 
     def __init__(self, workdir: Path, stream: str, start_at_end: bool = False) -> None:
         # Held by a writer of this process from append to mark_seen, so poll never reads its file first.
@@ -246,8 +248,9 @@ class EventFollower:
             files = _log_files(self.directory)
             self.seen = {f.name for f in files} | _covered(files)
 
-    def mark_seen(self, path: Path) -> None:
-        self.seen.add(path.name)
+    def mark_seen(self, path: Path | str) -> None:
+        """Skip this file (a path, or the name :func:`append` gave it) in later polls."""
+        self.seen.add(Path(path).name)
 
     def poll(self) -> pl.DataFrame | None:
         """The events of files (and segment rows) not seen yet, in order; None when there are none."""

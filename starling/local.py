@@ -267,6 +267,37 @@ def up(workdir: Path, timeout_s: float = 180.0, settings: Settings | None = None
     return started
 
 
+def start_replica(workdir: Path, name: str, settings: Settings, log_path: Path) -> subprocess.Popen:
+    """One more process of service ``name`` beside a running stack, on the ports ``settings`` give it (e.g. a
+    second recommend replica: its own recommend_port and admin_port, the stack's stage targets); not
+    supervised, not in services.json: the caller stops it. Healthy when :func:`wait_healthy` says so."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}.server"],
+            env=service_environment(workdir.resolve(), settings),
+            cwd=REPO_ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_healthy(
+    name: str, port: int, timeout_s: float, service: str = "", process: subprocess.Popen | None = None
+) -> None:
+    """Wait until the service on ``port`` reports healthy (``service``: "" = the process, or e.g.
+    RECOMMEND_SERVICE for recommend reaching every stage); StarlingError on timeout or when ``process``
+    exits first."""
+    deadline = time.monotonic() + timeout_s
+    while not is_healthy(name, port, timeout=0.5, service=service):
+        if process is not None and process.poll() is not None:
+            raise StarlingError(f"{name} on port {port} exited with {process.returncode} while starting")
+        if time.monotonic() > deadline:
+            raise StarlingError(f"{name} on port {port} not healthy after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
 def down(workdir: Path, grace_s: float = 10.0) -> list[str]:
     """Stop the supervisor and the services started from ``workdir`` (SIGTERM, then SIGKILL after
     ``grace_s``)."""

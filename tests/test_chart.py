@@ -1089,3 +1089,147 @@ def test_experiments_reach_recommend_from_a_configmap_it_can_re_read(helm: str, 
     bad.write_text(yaml.safe_dump({"experiments": [{**experiments[0], "type": "bandit"}]}))
     done = run_helm(helm, "template", "starling", str(CHART), "-f", str(bad))
     assert done.returncode != 0 and "experiments" in done.stderr
+
+
+# ------------------------------------------------------------------------------------ scaling out (issue 15)
+EVENTS_REDIS = {"app.kubernetes.io/name": "redis", "app.kubernetes.io/instance": "starling-events"}
+
+
+def test_production_runs_recommend_replicas_on_the_redis_event_bus(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    """Production: every service, the ranker and the training steps read STARLING_EVENT_BUS from a Secret and
+    may reach the bus's own Redis (not the web gateway); recommend autoscales from several replicas; recall
+    uses the Milvus server. The default stays on the file log, one recommend replica."""
+    manifests = rendered["production"]
+    config = find(manifests, "ConfigMap", "starling-config")[0]["data"]
+    assert "STARLING_EVENT_BUS" not in config, "the URL holds the password: it comes from a Secret"
+    assert config["STARLING_EVENT_BUS_PREFIX"] == "starling:" and config["STARLING_EVENT_BUS_MAXLEN"] == "0"
+    assert config["STARLING_MILVUS_URI"] == "http://milvus.milvus.svc:19530"
+    from_secret = {
+        "name": "STARLING_EVENT_BUS",
+        "valueFrom": {"secretKeyRef": {"name": "starling-event-bus", "key": "url"}},
+    }
+    specs = dict(pod_specs(manifests))
+    followers = [*(f"starling-{name}" for name in SERVICES), "starling-ranker", "starling-retrain"]
+    for name in followers:
+        for container in specs[name].get("initContainers", []) + specs[name]["containers"]:
+            assert from_secret in container["env"], (name, container["name"])
+    assert not any(e["name"] == "STARLING_EVENT_BUS" for e in specs["starling-web"]["containers"][0]["env"])
+    hpa = find(manifests, "HorizontalPodAutoscaler", "starling-recommend")[0]["spec"]
+    assert hpa["minReplicas"] > 1 and hpa["maxReplicas"] > hpa["minReplicas"]
+    assert "replicas" not in find(manifests, "Deployment", "starling-recommend")[0]["spec"]
+    for policy in (*SERVICES, "ranker", "training"):
+        assert egress_ports_to(manifests, f"starling-{policy}", EVENTS_REDIS) == {(6379, "TCP")}, policy
+    assert egress_ports_to(manifests, "starling-web", EVENTS_REDIS) == set()
+
+    default = rendered["default"]
+    assert "STARLING_EVENT_BUS" not in find(default, "ConfigMap", "starling-config")[0]["data"]
+    assert find(default, "Deployment", "starling-recommend")[0]["spec"]["replicas"] == 1
+    for policy in (*SERVICES, "ranker", "training"):
+        assert egress_ports_to(default, f"starling-{policy}", EVENTS_REDIS) == set(), policy
+
+
+def test_several_recommend_replicas_need_the_event_bus(helm: str) -> None:
+    for assignment in ("services.recommend.replicas=2", "services.recommend.autoscaling.enabled=true"):
+        done = run_helm(helm, "template", "starling", str(CHART), "--set", assignment)
+        assert done.returncode != 0, assignment
+        assert "eventBus.url" in done.stderr and "one recommend replica only" in done.stderr, done.stderr
+    manifests = render(helm, None, "services.recommend.replicas=3", "eventBus.url=redis://events:6379/0")
+    assert find(manifests, "Deployment", "starling-recommend")[0]["spec"]["replicas"] == 3
+    config = find(manifests, "ConfigMap", "starling-config")[0]["data"]
+    assert config["STARLING_EVENT_BUS"] == "redis://events:6379/0"
+    errors = [error for manifest in manifests for error in validation_errors(manifest)]
+    assert not errors, "\n".join(errors)
+    bad = run_helm(helm, "template", "starling", str(CHART), "--set", "eventBus.url=http://events:6379")
+    assert bad.returncode != 0 and "/eventBus/url" in bad.stderr and "pattern" in bad.stderr, bad.stderr
+
+
+# ------------------------------------------------------------------------------ features on Spark (operator)
+def test_features_spark_application_renders_valid_against_its_crd(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    """features.engine: spark (the production values) renders the feature build as a SparkApplication that the
+    operator's CRD schema accepts, running this repository's entry point over the shared artifact volume."""
+    from starling.features.spark_engine import main as spark_main
+
+    assert not find(rendered["default"], "SparkApplication"), (
+        "polars (the pipeline pod) is the default engine"
+    )
+    assert not find(rendered["default"], "ServiceAccount", "starling-spark")
+    production = rendered["production"]
+    (app,) = find(production, "SparkApplication")
+    assert app["apiVersion"] == "sparkoperator.k8s.io/v1beta2"
+    assert ("sparkoperator.k8s.io/v1beta2", "SparkApplication") in CRD_VALIDATORS
+    assert validation_errors(app) == []
+    spec = app["spec"]
+    assert app["metadata"]["name"] == "starling-features-r1"
+    assert spec["type"] == "Python" and spec["mode"] == "cluster" and spec["sparkVersion"] == "4.3.0"
+    main_file = spec["mainApplicationFile"].removeprefix("local://")
+    assert main_file == "/app/starling/features/spark_engine.py"
+    assert (REPO_ROOT / main_file.removeprefix("/app/")).is_file()
+    assert spark_main.__module__ == "starling.features.spark_engine"
+    workdir = yaml.safe_load((CHART / "values.yaml").read_text())["workdir"]
+    assert spec["arguments"][:3] == [workdir, "--serve", app["metadata"]["name"]]
+    claims = {v["name"]: v for v in spec["volumes"]}
+    assert claims["artifacts"]["persistentVolumeClaim"]["claimName"] == "starling-artifacts"
+    assert "emptyDir" in claims["tmp"]
+    assert spec["sparkConf"]["spark.sql.session.timeZone"] == "UTC"
+    assert spec["sparkConf"]["spark.sql.shuffle.partitions"] == "128"
+    for role in ("driver", "executor"):
+        pod = spec[role]
+        assert pod["serviceAccount"] == "starling-spark"
+        assert pod["cores"] >= 1 and quantity(pod["coreLimit"]) >= pod["cores"] and pod["memory"]
+        assert {"name": "artifacts", "mountPath": workdir, "readOnly": False} in pod["volumeMounts"]
+        assert {"name": "tmp", "mountPath": "/tmp"} in pod["volumeMounts"]
+        assert pod["securityContext"]["readOnlyRootFilesystem"] is True
+        assert pod["podSecurityContext"]["runAsNonRoot"] is True
+        assert pod["envFrom"] == [{"configMapRef": {"name": "starling-config"}}]
+        assert pod["labels"]["spark-role"] == role
+        # outside the release's default-deny policy: the driver must reach the API server and its executors
+        assert "app.kubernetes.io/instance" not in pod["labels"]
+    assert spec["executor"]["instances"] == 4
+    (binding,) = find(production, "RoleBinding", "starling-spark")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "starling-spark", "namespace": NAMESPACE}
+    ]
+    (role,) = find(production, "Role", "starling-spark")
+    assert "pods" in role["rules"][0]["resources"] and "create" in role["rules"][0]["verbs"]
+
+
+def test_spark_application_validation_can_fail(rendered: dict[str, list[Manifest]]) -> None:
+    app = copy.deepcopy(find(rendered["production"], "SparkApplication")[0])
+    app["spec"]["driver"]["coress"] = 1
+    assert any("coress" in e for e in validation_errors(app))
+    app = copy.deepcopy(find(rendered["production"], "SparkApplication")[0])
+    app["spec"]["executor"]["instances"] = "four"
+    assert validation_errors(app)
+    app = copy.deepcopy(find(rendered["production"], "SparkApplication")[0])
+    del app["spec"]["mainApplicationFile"]
+    assert any("mainApplicationFile" in e for e in validation_errors(app))
+
+
+def test_features_spark_values(helm: str, tmp_path: Path) -> None:
+    """Engine and Spark values are checked by values.schema.json; an existing service account is used as is."""
+    for bad, where in (
+        ({"features": {"engine": "flink"}}, "/features/engine"),
+        ({"features": {"spark": {"executor": {"instances": 0}}}}, "/features/spark/executor/instances"),
+        ({"features": {"spark": {"driver": {"memory": "lots"}}}}, "/features/spark/driver/memory"),
+    ):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        done = run_helm(helm, "template", "starling", str(CHART), "-f", str(path))
+        assert done.returncode != 0 and where in done.stderr, done.stderr
+    manifests = render(
+        helm, None, "features.engine=spark", "features.spark.serviceAccount=spark", "features.spark.retries=0"
+    )
+    (app,) = find(manifests, "SparkApplication")
+    assert validation_errors(app) == []
+    assert app["spec"]["driver"]["serviceAccount"] == "spark" and not find(manifests, "Role")
+    assert app["spec"]["restartPolicy"] == {"type": "Never"}
+    assert app["spec"]["image"] == "ghcr.io/starling-recsys/starling-ranker:0.1.0", (
+        "defaults to the ranker image"
+    )
+    assert not find(
+        render(helm, None, "features.engine=spark", "training.runOnInstall=false"), "SparkApplication"
+    )

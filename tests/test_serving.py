@@ -779,6 +779,51 @@ def test_bench_serve_reports_server_cpu_per_request_and_compares(stack) -> None:
     assert compare_runs(report, {"runs": [{"concurrency": 64}]})["levels"] == [], "no level in common"
 
 
+def test_bench_serve_profile_records_flamegraphs_and_names_the_heaviest_functions(stack, tmp_path) -> None:
+    from services.bench import bench_serve
+
+    settings, _ = stack
+    report = bench_serve(
+        settings.workdir, 2.0, [2], target=f"127.0.0.1:{settings.recommend_port}", profile_dir=tmp_path
+    )
+    profile = report["runs"][0]["profile"]
+    assert {"recommend", "candidates", "recall", "rerank", "ranker"} <= set(profile), profile
+    for service, found in profile.items():
+        assert "error" not in found, (service, found)
+        svg = Path(found["flamegraph"])
+        assert svg.parent == tmp_path and svg.name == f"{service}-c2.svg", svg
+        assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()[:2000]
+    recommend = profile["recommend"]
+    assert recommend["samples"] > 0 and 0 <= recommend["idle_share"] < 1, recommend
+    assert recommend["top_self"] and recommend["top_project"], recommend
+    shares = [entry["share"] for entry in recommend["top_self"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-6, shares
+    assert all(e["function"].endswith(".py)") for e in recommend["top_project"]), recommend["top_project"]
+
+
+def test_profile_summary_of_collapsed_stacks() -> None:
+    from services.profiling import summarize
+
+    lines = [
+        "process 1:main;main (services/x/server.py:1);serve (services/x/logic.py:10);dot (numpy/core.py:5) 6",
+        "process 1:main;main (services/x/server.py:1);serve (services/x/logic.py:10) 3",
+        "process 1:main;main (services/x/server.py:1);run (asyncio/base_events.py:3);EpollSelector.select "
+        "(selectors.py:468) 10",
+        "main (services/x/server.py:1);encode (services/x/encoding.py:9) 1",
+        "not a stack line",
+    ]
+    summary = summarize(lines, top=2)
+    assert summary["samples"] == 20 and summary["idle_share"] == 0.5
+    assert summary["top_self"] == [
+        {"function": "dot (core.py)", "share": 0.6},
+        {"function": "serve (logic.py)", "share": 0.3},
+    ]
+    assert summary["top_project"] == [
+        {"function": "serve (logic.py)", "share": 0.9},
+        {"function": "encode (encoding.py)", "share": 0.1},
+    ]
+
+
 def _kill(workdir: Path, name: str) -> None:
     """SIGKILL one service (no drain: as if its pod died) and wait until it is gone."""
     process = next(p for p in read_state(workdir) if p.name == name)

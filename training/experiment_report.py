@@ -406,7 +406,8 @@ def experiment_log(
     workdir: Path, name: str, window_days: float = 7.0, like_threshold: float = 3.5
 ) -> ExperimentLog:
     """Read WORKDIR's exposure and feedback logs for experiment ``name``; a clear error when it has no lists."""
-    from starling.events import RATING_STREAM, read_all
+    from starling.eventbus import open_event_log
+    from starling.events import RATING_STREAM
     from starling.exposures import exposure_dir, read_exposures
 
     logged = with_arm(read_exposures(workdir), name)
@@ -418,7 +419,7 @@ def experiment_log(
             "recommend service serve its users (it logs every list it serves unless STARLING_EXPOSURE_LOG=0), "
             "then report again"
         )
-    feedback = read_all(workdir, RATING_STREAM)
+    feedback = open_event_log(workdir).read_all(RATING_STREAM)
     # Attribute over every logged list: a later list outside the experiment takes the credit for its movies.
     attributed = attribute(logged, feedback, timedelta(days=window_days), like_threshold)
     attributed = attributed.filter(pl.col("request_id").is_in(exposures["request_id"].implode()))

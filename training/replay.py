@@ -110,16 +110,18 @@ def served_snapshot(
     upserts carried, and the materialized entity features."""
     from services.common.following import apply_rating_events
     from starling.content import content_of_upserts
-    from starling.events import MOVIE_STREAM, RATING_STREAM, read_all
+    from starling.eventbus import open_event_log
+    from starling.events import MOVIE_STREAM, RATING_STREAM
 
     workdir = Path(workdir)
     catalog = Catalog.from_workdir(workdir)
-    upserted = read_all(workdir, MOVIE_STREAM)
+    event_log = open_event_log(workdir)  # the file log or the Redis bus, as the services read it
+    upserted = event_log.read_all(MOVIE_STREAM)
     content = (content or ContentTable.empty()).upserted(*content_of_upserts(upserted))
     if upserted.height:
         catalog = catalog.upserted(upserted)
     history = UserHistory.from_workdir(workdir, like_threshold)
-    apply_rating_events(history, read_all(workdir, RATING_STREAM))
+    apply_rating_events(history, event_log.read_all(RATING_STREAM))
     features = workdir / "features"
     return Snapshot(
         catalog=catalog,

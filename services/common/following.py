@@ -1,5 +1,5 @@
-"""Keep a service's in-memory state current by following the event log (starling/events.py):
-rating feedback into user histories, catalog upserts into the catalog."""
+"""Keep a service's in-memory state current by following the event log (starling/eventbus.py: the file log
+or the Redis bus): rating feedback into user histories, catalog upserts into the catalog."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
 
 from services.common.history import UserHistory
-from starling.events import MOVIE_STREAM, RATING_STREAM, EventFollower
+from starling.eventbus import Follower, open_event_log
+from starling.events import MOVIE_STREAM, RATING_STREAM
 
 log = logging.getLogger("starling.following")
+# Polls that wait for events (the Redis bus's XREAD BLOCK) run here, not in the loop's default executor,
+# which they would otherwise keep busy.
+_WAITING_POLLS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="event-follow")
 
 
 def apply_rating_events(history: UserHistory, events: pl.DataFrame) -> int:
@@ -30,11 +35,17 @@ def apply_rating_events(history: UserHistory, events: pl.DataFrame) -> int:
     return ratings.height
 
 
-async def follow(follower: EventFollower, apply: Callable[[pl.DataFrame], object], interval_s: float) -> None:
-    """Forever: every ``interval_s``, hand the stream's new events (all of them at first) to ``apply``."""
+async def follow(follower: Follower, apply: Callable[[pl.DataFrame], object], interval_s: float) -> None:
+    """Forever: every ``interval_s``, hand the stream's new events (all of them at first) to ``apply``; a
+    follower that waits for events itself (``waits``) is polled again at once."""
+    loop = asyncio.get_running_loop()
     while True:
+        failed = False
         try:
-            events = await asyncio.to_thread(follower.poll)
+            if follower.waits:
+                events = await loop.run_in_executor(_WAITING_POLLS, follower.poll)
+            else:
+                events = await asyncio.to_thread(follower.poll)
             if events is not None:
                 applied = apply(events)
                 if inspect.isawaitable(applied):
@@ -42,14 +53,16 @@ async def follow(follower: EventFollower, apply: Callable[[pl.DataFrame], object
                 log.info("applied events", extra={"stream": follower.stream, "events": events.height})
         except Exception:  # a bad file must not stop the follower; it is logged and skipped
             log.exception("could not apply events", extra={"stream": follower.stream})
-        await asyncio.sleep(interval_s)
+            failed = True
+        if failed or not follower.waits:
+            await asyncio.sleep(interval_s)
 
 
 def start_following(
-    workdir: Path, history: UserHistory, interval_s: float, follower: EventFollower | None = None
+    workdir: Path, history: UserHistory, interval_s: float, follower: Follower | None = None
 ) -> asyncio.Task:
     """Follow rating feedback into ``history`` on the running loop (keep the returned task referenced)."""
-    follower = follower or EventFollower(workdir, RATING_STREAM)
+    follower = follower or open_event_log(workdir).follower(RATING_STREAM)
     return asyncio.get_running_loop().create_task(
         follow(follower, lambda events: apply_rating_events(history, events), interval_s)
     )
@@ -59,10 +72,10 @@ def start_following_catalog(
     workdir: Path,
     apply_movies: Callable[[pl.DataFrame], object],
     interval_s: float,
-    follower: EventFollower | None = None,
+    follower: Follower | None = None,
 ) -> asyncio.Task:
     """Follow catalog upserts (the movies stream) into ``apply_movies`` on the running loop."""
-    follower = follower or EventFollower(workdir, MOVIE_STREAM)
+    follower = follower or open_event_log(workdir).follower(MOVIE_STREAM)
     return asyncio.get_running_loop().create_task(follow(follower, apply_movies, interval_s))
 
 

@@ -31,9 +31,9 @@ from kserve.errors import InvalidInput
 from services.common.observability import FEATURE_FRESHNESS, MODEL_INFO
 from services.ranker.encoding import ServingEncoder, blank_user, user_columns
 from services.ranker.scoring import score_encoded
-from starling import events
 from starling.config import Settings, get_settings
-from starling.events import MOVIE_STREAM, EventFollower
+from starling.eventbus import open_event_log
+from starling.events import MOVIE_STREAM
 from starling.features.spec import CANDIDATE_FEATURES, MOVIE_FEATURE_COLUMNS, USER_FEATURE_COLUMNS
 from starling.featurestore import MOVIE_VIEW, USER_VIEW, get_feature_store, registry_path
 from training.artifacts import CURRENT, Artifact, load_artifact, resolve_artifact
@@ -85,9 +85,10 @@ class RankerModel(Model):
         model = artifact.model().to(self.device).eval()
         registry = registry_path(self.workdir, self.settings)
         self._store = get_feature_store(self.workdir, self.settings)
-        self._movie_events = EventFollower(self.workdir, MOVIE_STREAM, start_at_end=True)
+        event_log = open_event_log(self.workdir, self.settings)  # the file log or the Redis bus
+        self._movie_events = event_log.follower(MOVIE_STREAM, start_at_end=True)
         catalog_ids = pl.read_parquet(self.workdir / "movies.parquet", columns=["movie_id"])["movie_id"]
-        added_ids = events.read_all(self.workdir, MOVIE_STREAM)["movie_id"]  # movies upserted while serving
+        added_ids = event_log.read_all(MOVIE_STREAM)["movie_id"]  # movies upserted while serving
         movie_ids = pl.concat([catalog_ids, added_ids]).unique().sort().to_numpy()
         movies = self._online_frame(MOVIE_VIEW, "movie_id", movie_ids, MOVIE_FEATURE_COLUMNS)
         encoder = ServingEncoder(artifact.spec, movies)

@@ -1,8 +1,10 @@
 """CatalogService (served by the recommend process): movie details, users' ratings, and new movies.
 
 UpsertMovie writes the movie's features to the online store, appends it durably to the catalog event log
-(WORKDIR/events/movies) and updates this process's catalog; candidates, recall (vector + Milvus), rerank
-and the ranker follow the log, so a new movie can be recalled and ranked right away.
+(WORKDIR/events/movies, or the Redis bus: starling/eventbus.py) and updates this process's catalog;
+candidates, recall (vector + Milvus), rerank and the ranker follow the log, so a new movie can be recalled and
+ranked right away. A new movie's id comes from the event log's allocator (one Redis counter for every replica
+on the bus).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import threading
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +28,7 @@ from services.recommend.browse import genres_by_ratings, popular_positions
 from services.recommend.content import UpsertEncoder, with_content
 from services.recommend.search import MAX_QUERY, MAX_RESULTS, folded_titles, search_positions
 from starling import events
+from starling.eventbus import EventLog, append_own, open_event_log
 from starling.features.spec import MOVIE_GENRE_FIELDS
 from starling.featurestore import MOVIE_VIEW
 from starling.v1 import catalog_pb2, catalog_pb2_grpc
@@ -57,15 +61,26 @@ def hidden_character(text: str) -> tuple[int, str] | None:
     return None
 
 
-def next_movie_id(catalog: Catalog) -> int:
-    """One above the largest id at or below AUTO_ID_CEILING: an id stored above it (none can be upserted
-    now) cannot stop allocation."""
+def largest_movie_id(catalog: Catalog) -> int:
+    """The largest id at or below AUTO_ID_CEILING: an id stored above it (none can be upserted now) cannot
+    stop allocation."""
     ids = catalog.movie_ids
-    return int(ids[ids <= AUTO_ID_CEILING].max(initial=0)) + 1
+    return int(ids[ids <= AUTO_ID_CEILING].max(initial=0))
 
 
-def checked_movie(movie: catalog_pb2.Movie, catalog: Catalog, this_year: int) -> pl.DataFrame:
-    """The upsert as a one-row catalog frame; InvalidArgument says what is wrong."""
+def next_movie_id(catalog: Catalog) -> int:
+    """One above :func:`largest_movie_id`."""
+    return largest_movie_id(catalog) + 1
+
+
+def checked_movie(
+    movie: catalog_pb2.Movie,
+    catalog: Catalog,
+    this_year: int,
+    allocate: Callable[[Catalog], int] = next_movie_id,
+) -> pl.DataFrame:
+    """The upsert as a one-row catalog frame, ``allocate`` giving the id when it is 0 (once the movie is
+    valid); InvalidArgument says what is wrong."""
     check_id(movie.movie_id, "movie.movie_id")
     if movie.movie_id > MAX_MOVIE_ID:
         raise InvalidArgument(
@@ -90,7 +105,7 @@ def checked_movie(movie: catalog_pb2.Movie, catalog: Catalog, this_year: int) ->
         raise InvalidArgument(
             f"movie.genres {unknown or genres}: at most {MAX_GENRES} of {', '.join(catalog.genre_names)}"
         )
-    movie_id = movie.movie_id or next_movie_id(catalog)
+    movie_id = movie.movie_id or allocate(catalog)
     return pl.DataFrame(
         {
             "movie_id": [movie_id],
@@ -116,6 +131,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         store=None,
         on_catalog: Callable[[Catalog], None] | None = None,
         encoder: UpsertEncoder | None = None,
+        event_log: EventLog | None = None,
     ) -> None:
         self.catalog = catalog
         self.encoder = encoder  # the text vector of an upserted movie (None: recall places it by genres)
@@ -123,8 +139,12 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self.workdir = workdir
         self.store = store
         self.on_catalog = on_catalog  # hands a new catalog to the other servicers of this process
-        self.movie_events = events.EventFollower(workdir, events.MOVIE_STREAM) if workdir else None
+        self.event_log = event_log or (open_event_log(workdir) if workdir else None)
+        self.movie_events = self.event_log.follower(events.MOVIE_STREAM) if self.event_log else None
         self._search_index: tuple[Catalog, pl.Series] | None = None  # folded titles of self.catalog
+        # One online-store call at a time: Feast's sqlite store shares one connection between threads, and
+        # concurrent upserts on it fail ("no more rows available").
+        self._store_lock = threading.Lock()
 
     def apply_movies(self, movies: pl.DataFrame) -> None:
         """Catalog upserts (own, or from the event log written by other replicas)."""
@@ -211,7 +231,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def UpsertMovie(self, request: catalog_pb2.UpsertMovieRequest, context: grpc.aio.ServicerContext):
         if self.workdir is None or self.store is None or self.movie_events is None:
             raise InvalidArgument("this catalog is read-only")
-        frame = checked_movie(request.movie, self.catalog, dt.datetime.now(dt.UTC).year)
+        frame = await asyncio.to_thread(  # the allocator may be a network call (the Redis bus)
+            checked_movie, request.movie, self.catalog, dt.datetime.now(dt.UTC).year, self.allocate_movie_id
+        )
         movie_id = int(frame["movie_id"][0])
         created = self.catalog.positions([movie_id])[0] < 0
         await asyncio.to_thread(self._persist, frame, created)
@@ -219,6 +241,11 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         response = catalog_pb2.UpsertMovieResponse(created=bool(created))
         response.movie.CopyFrom(movie_message(self.catalog, int(self.catalog.positions([movie_id])[0])))
         return response
+
+    def allocate_movie_id(self, catalog: Catalog) -> int:
+        """The event log's next movie id: above every id in ``catalog`` and every id allocated before (by
+        any replica, on the Redis bus)."""
+        return self.event_log.next_id("movie_id", largest_movie_id(catalog))
 
     def _persist(self, frame: pl.DataFrame, created: bool) -> None:
         """Online features first (followers read them), then the durable catalog event."""
@@ -229,9 +256,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         stddev = None
         if not created:  # keep the rating statistics the online store has for this movie
             refs = [f"{MOVIE_VIEW}:movie_rating_stddev"]
-            stddev = self.store.get_online_features(
-                features=refs, entity_rows=[{"movie_id": movie_id}]
-            ).to_dict()["movie_rating_stddev"][0]
+            with self._store_lock:
+                stddev = self.store.get_online_features(
+                    features=refs, entity_rows=[{"movie_id": movie_id}]
+                ).to_dict()["movie_rating_stddev"][0]
         average = (
             None
             if created or np.isnan(self.catalog.avg_ratings[position])
@@ -256,7 +284,6 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 **{name: pl.String for name in MOVIE_GENRE_FIELDS},
             },
         )
-        self.store.write_to_online_store(MOVIE_VIEW, row.to_pandas())
-        with self.movie_events.lock:
-            path = events.append(self.workdir, events.MOVIE_STREAM, event)
-            self.movie_events.mark_seen(path)
+        with self._store_lock:
+            self.store.write_to_online_store(MOVIE_VIEW, row.to_pandas())
+        append_own(self.event_log, self.movie_events, event)

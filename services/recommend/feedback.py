@@ -26,6 +26,7 @@ from services.common.history import UserHistory
 from services.common.jsonlog import ThrottledLog
 from services.common.observability import count_feedback
 from starling import events
+from starling.eventbus import EventLog, Follower, append_own, open_event_log
 from starling.features.build import compute_entity_features
 from starling.featurestore import USER_PUSH_SOURCE
 from starling.v1 import recommend_pb2
@@ -134,9 +135,11 @@ class FeedbackRecorder:
         history: UserHistory,
         store,
         max_future_s: float,
-        follower: events.EventFollower,
+        follower: Follower,
+        event_log: EventLog | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.event_log = event_log or open_event_log(self.workdir)  # where ``follower`` reads
         self.catalog = catalog
         self.movies = movies
         self.history = history
@@ -144,7 +147,7 @@ class FeedbackRecorder:
         self.max_future_us = int(max_future_s * 1_000_000)
         self.follower = follower
         base = pl.read_parquet(self.workdir / "ratings.parquet", columns=KEY)
-        logged = events.read_all(self.workdir, events.RATING_STREAM).select(KEY)
+        logged = self.event_log.read_all(events.RATING_STREAM).select(KEY)
         self.known = pl.concat([base, logged]).unique()
         self.lock = threading.Lock()
         self.pending: set[int] = set()  # users whose online features still lag the log (a push failed)
@@ -224,9 +227,7 @@ class FeedbackRecorder:
         )
         fresh = frame.filter(pl.Series(accepted & ~duplicate)).drop("index")
         if fresh.height:
-            with self.follower.lock:
-                path = events.append(self.workdir, events.RATING_STREAM, fresh)  # durable before we reply
-                self.follower.mark_seen(path)
+            append_own(self.event_log, self.follower, fresh)  # durable (or accepted by Redis) before we reply
             self.known = pl.concat([self.known, fresh.select(KEY)])
             rated = fresh.filter(pl.col("kind") == "rating").sort("event_timestamp", maintain_order=True)
             if rated.height:

@@ -74,7 +74,8 @@ from services.recommend.logic import (
 from services.recommend.reasons import item_reasons, match_shares, similar_reason
 from starling.config import Settings, get_settings, stage_target
 from starling.errors import StarlingError
-from starling.events import MOVIE_STREAM, RATING_STREAM, EventFollower, compact
+from starling.eventbus import open_event_log
+from starling.events import MOVIE_STREAM, RATING_STREAM
 from starling.exposures import ExposureLog, exposure_dir
 from starling.featurestore import get_feature_store
 from starling.v1 import (
@@ -512,7 +513,7 @@ def build_servicers(workdir: Path) -> tuple[RecommendServicer, CatalogServicer]:
     )
     catalog = Catalog.from_frames(movies, ratings)
     history = UserHistory.from_frame(ratings, settings.like_threshold)
-    follower = EventFollower(workdir, RATING_STREAM)
+    follower = open_event_log(workdir).follower(RATING_STREAM)  # the file log or the Redis bus
     recorder = FeedbackRecorder(
         workdir,
         catalog,
@@ -543,9 +544,9 @@ def build_servicers(workdir: Path) -> tuple[RecommendServicer, CatalogServicer]:
 
 def compact_event_log() -> None:
     """Keep restart time bounded: older single files of both streams folded into segments."""
-    workdir = get_settings().workdir
+    event_log = open_event_log(get_settings().workdir)
     for stream in (RATING_STREAM, MOVIE_STREAM):
-        compact(workdir, stream)
+        event_log.compact(stream)
 
 
 def main() -> None:

@@ -50,9 +50,10 @@ def with_feedback(ratings: pl.DataFrame, workdir: Path) -> pl.DataFrame:
 
     A user who rated a movie again counts with the latest rating, as online serving does.
     """
-    from starling.events import RATING_STREAM, read_all
+    from starling.eventbus import open_event_log
+    from starling.events import RATING_STREAM
 
-    feedback = read_all(workdir, RATING_STREAM).filter(pl.col("kind") == "rating")
+    feedback = open_event_log(workdir).read_all(RATING_STREAM).filter(pl.col("kind") == "rating")
     if feedback.height == 0:
         return ratings
     columns = ["user_id", "movie_id", "rating", "event_timestamp"]

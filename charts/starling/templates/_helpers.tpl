@@ -101,6 +101,26 @@ seccompProfile:
       name: {{ .Values.feast.redis.existingSecret }}
       key: {{ .Values.feast.redis.secretKey }}
 {{- end }}
+{{- include "starling.eventBusEnv" . }}
+{{- end -}}
+
+{{/* Event bus ---------------------------------------------------------------------------------------------- */}}
+
+{{/* "true" when feedback and catalog events go through Redis Streams (eventBus.url or eventBus.existingSecret),
+"" for the file log on the artifact volume. */}}
+{{- define "starling.eventBusOn" -}}
+{{- if or .Values.eventBus.url .Values.eventBus.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/* STARLING_EVENT_BUS from the Secret (a URL with a password); a plain URL is in the ConfigMap. */}}
+{{- define "starling.eventBusEnv" -}}
+{{- with .Values.eventBus.existingSecret }}
+- name: STARLING_EVENT_BUS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.eventBus.secretKey }}
+{{- end }}
 {{- end -}}
 
 {{- define "starling.volumes" -}}
@@ -164,6 +184,11 @@ http://<host> when the Ingress has no TLS secret). */}}
 {{- if not .Values.milvus.uri -}}
 {{- if or (gt (int .Values.services.recall.replicas) 1) .Values.services.recall.autoscaling.enabled -}}
 {{- fail "services.recall: milvus.uri is empty (milvus-lite file on the artifact volume), which allows one recall replica only: set milvus.uri or use replicas: 1 without autoscaling" -}}
+{{- end -}}
+{{- end -}}
+{{- if not (include "starling.eventBusOn" .) -}}
+{{- if or (gt (int .Values.services.recommend.replicas) 1) .Values.services.recommend.autoscaling.enabled -}}
+{{- fail "services.recommend: eventBus.url and eventBus.existingSecret are empty (the file event log on the artifact volume, movie ids allocated per process), which allows one recommend replica only: set eventBus.url to a Redis (redis://host:port/db) or use replicas: 1 without autoscaling" -}}
 {{- end -}}
 {{- end -}}
 {{- if and (eq .Values.ranker.model.source "storageUri") (not .Values.ranker.model.storageUri) -}}

@@ -13,7 +13,12 @@ Usage: include "starling.trainingPod" (dict "root" $ "ingest" true)
 {{- if .ingest -}}
 {{- $steps = append $steps (list "ingest" (list "data" "ingest" $root.Values.training.source "--out" $workdir "--on-bad" $root.Values.training.onBad)) -}}
 {{- end -}}
+{{- if .sparkRun -}}
+{{- /* features.engine: spark: the chart's SparkApplication .sparkRun builds; this step asks it and waits */ -}}
+{{- $steps = append $steps (list "features-build" (list "features" "build" $workdir "--engine" "spark" "--spark-application" .sparkRun "--wait-timeout" (toString $root.Values.features.spark.waitTimeoutSeconds))) -}}
+{{- else -}}
 {{- $steps = append $steps (list "features-build" (list "features" "build" $workdir)) -}}
+{{- end -}}
 {{- $steps = append $steps (list "features-materialize" (list "features" "materialize" $workdir)) -}}
 {{- $steps = append $steps (list "train" (list "train" $workdir "--model" $root.Values.training.model)) -}}
 metadata:
