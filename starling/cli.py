@@ -146,6 +146,25 @@ def features_materialize(workdir: Path) -> None:
     click.echo(report.summary())
 
 
+@features.command("wait")
+@click.argument("workdir", type=click.Path(path_type=Path))
+@click.option(
+    "--since",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Only features written after this time (seconds since the epoch) count.",
+)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0), default=3600.0, show_default=True)
+def features_wait(workdir: Path, since: float, timeout_s: float) -> None:
+    """Wait until WORKDIR holds built features (written after --since): a training pod started beside the
+    pipeline that builds them (the chart's PyTorchJob) starts once they are there."""
+    from starling.features.build import wait_for_features
+
+    spec = wait_for_features(workdir, since, timeout_s)
+    click.echo(f"features ready: {spec}")
+
+
 @features.command("online")
 @click.argument("workdir", type=click.Path(path_type=Path))
 @click.option("--user", "user_ids", type=int, multiple=True, help="User id to read (repeatable).")
@@ -208,6 +227,14 @@ def features_online(workdir: Path, user_ids: tuple[int, ...], movie_ids: tuple[i
     default=None,
     help="Write the catalog's language-model vectors into the version (default: STARLING_CONTENT_VECTORS, on).",
 )
+@click.option(
+    "--nproc",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Training processes: more than 1 runs distributed data parallel through torchrun (gloo on CPU, NCCL "
+    "on CUDA); rank 0 writes the version.",
+)
 def train(
     workdir: Path,
     model_name: str,
@@ -218,6 +245,7 @@ def train(
     refit: bool,
     publish: bool,
     content_vectors: bool | None,
+    nproc: int,
 ) -> None:
     """Train ranking model(s) on recalled candidates and write a versioned artifact under WORKDIR/models.
 
@@ -225,20 +253,32 @@ def train(
     best on the served pipeline's validation NDCG@10 serves, if it beats popularity and the same pipeline
     without a ranker (else exit 2).
     """
+    from training.distributed import (
+        launched_by_torchrun,
+        relaunch_with_torchrun,
+        training_process_group,
+        without_option,
+    )
     from training.ltr import WindowConfig
     from training.train import train_command
 
+    if nproc > 1 and not launched_by_torchrun():
+        sys.exit(
+            relaunch_with_torchrun(nproc, ["-m", "starling.cli", *without_option(sys.argv[1:], "--nproc")])
+        )
     config = WindowConfig(horizon_days=horizon_days, step_days=step_days, windows=windows)
-    report = train_command(
-        workdir,
-        model_name,
-        epochs=epochs,
-        publish=publish,
-        windows=config,
-        refit_serving=refit,
-        content_vectors=content_vectors,
-    )
-    click.echo(report.summary())
+    with training_process_group() as rank:
+        report = train_command(
+            workdir,
+            model_name,
+            epochs=epochs,
+            publish=publish,
+            windows=config,
+            refit_serving=refit,
+            content_vectors=content_vectors,
+        )
+    if rank == 0:
+        click.echo(report.summary())
 
 
 @cli.command("evaluate")

@@ -79,6 +79,9 @@ def pod_specs(manifests: list[Manifest]) -> Iterator[tuple[str, dict[str, Any]]]
             yield m["metadata"]["name"], spec["jobTemplate"]["spec"]["template"]["spec"]
         elif m["kind"] == "InferenceService":
             yield m["metadata"]["name"], spec["predictor"]
+        elif m["kind"] == "PyTorchJob":
+            for role, replica in spec["pytorchReplicaSpecs"].items():
+                yield f"{m['metadata']['name']}/{role}", replica["template"]["spec"]
 
 
 # ----------------------------------------------------------------------------------------- CRD validation
@@ -663,7 +666,15 @@ def test_every_container_has_cpu_and_memory_requests_and_limits(
                 assert 0 < request <= limit, (*where, resource)
             containers += 1
     training_pods = 1 if values == "dev" else 2  # dev has no CronJob
-    assert containers == 6 + 5 * training_pods, "4 services, web, the ranker, (4 init + 1) per training pod"
+    if values == "production":  # the install Job ends with materializing; a PyTorchJob's Master and Workers
+        # (one wait + one train container each) train
+        assert containers == 6 + 5 + 3 + 2 * 2, (
+            "4 services, web, the ranker, the CronJob, the Job, the PyTorchJob"
+        )
+    else:
+        assert containers == 6 + 5 * training_pods, (
+            "4 services, web, the ranker, (4 init + 1) per training pod"
+        )
 
 
 def test_ranker_profiles_and_model_sources(helm: str, rendered: dict[str, list[Manifest]]) -> None:
@@ -1233,3 +1244,32 @@ def test_features_spark_values(helm: str, tmp_path: Path) -> None:
     assert not find(
         render(helm, None, "features.engine=spark", "training.runOnInstall=false"), "SparkApplication"
     )
+
+
+def test_production_trains_with_a_pytorchjob_after_the_pipeline_builds_the_features(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    """Production: a PyTorchJob (kubeflow.org/v1, validated against its CRD with the other objects) with a
+    Master and three Workers running `starling train` in the `pytorch` container after waiting for this
+    revision's features; the pipeline Job then ends with materializing. The default trains in the Job."""
+    manifests = rendered["production"]
+    job = find(manifests, "PyTorchJob", "starling-train-ddp-r1")[0]
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert {role: spec["replicas"] for role, spec in replicas.items()} == {"Master": 1, "Worker": 3}
+    for spec in replicas.values():
+        pod = spec["template"]["spec"]
+        (wait,) = pod["initContainers"]
+        assert wait["args"][:2] == ["features", "wait"] and "--since" in wait["args"], wait["args"]
+        (train,) = pod["containers"]
+        assert train["name"] == "pytorch" and train["args"][:2] == ["train", "/data"], train
+        assert train["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert any(v.get("persistentVolumeClaim") for v in pod["volumes"])
+    pipeline = find(manifests, "Job", "starling-train-r1")[0]["spec"]["template"]["spec"]
+    steps = [c["name"] for c in pipeline["initContainers"] + pipeline["containers"]]
+    assert "train" not in steps and steps[-1] == "features-materialize", steps
+
+    default = rendered["default"]
+    assert not find(default, "PyTorchJob", "starling-train-ddp-r1")
+    pipeline = find(default, "Job", "starling-train-r1")[0]["spec"]["template"]["spec"]
+    steps = [c["name"] for c in pipeline["initContainers"] + pipeline["containers"]]
+    assert steps[-2:] == ["train", "evaluate"], steps

@@ -103,3 +103,24 @@ def test_bench_serve_compare_needs_a_bench_report(tmp_path: Path) -> None:
     bad.write_text("not json")
     result = CliRunner().invoke(cli, ["bench", "serve", "--workdir", str(tmp_path), "--compare", str(bad)])
     assert result.exit_code != 0 and "not a `bench serve` JSON report" in result.output, result.output
+
+
+def test_features_wait_returns_once_this_revisions_features_are_there(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    spec = tmp_path / "features" / "feature_spec.json"
+    late = CliRunner().invoke(cli, ["features", "wait", str(tmp_path), "--timeout", "0.3"])
+    assert late.exit_code == 2 and "no features built after 0" in late.output, late.output
+    spec.parent.mkdir()
+    spec.write_text("{}")
+    stale = CliRunner().invoke(
+        cli, ["features", "wait", str(tmp_path), "--since", str(time.time() + 60), "--timeout", "0.3"]
+    )
+    assert stale.exit_code == 2, "features older than --since do not count"
+    since = time.time()
+    threading.Timer(0.5, lambda: spec.write_text("{}")).start()  # a build lands while it waits
+    fresh = CliRunner().invoke(
+        cli, ["features", "wait", str(tmp_path), "--since", str(since - 0.01), "--timeout", "10"]
+    )
+    assert fresh.exit_code == 0 and "features ready" in fresh.output, fresh.output

@@ -6,6 +6,14 @@ restored; a non-finite loss stops training and is reported (the quality gate the
 :func:`fit_ranking`: recalled candidates grouped per user request, a listwise softmax loss (ListNet: each
 group's positives share a target distribution), early stopping on the valid groups' NDCG@10 (relevant movies
 that recall missed count as misses); the per-group AUC is recorded as a diagnostic.
+
+Distributed data parallel (`starling train --nproc N`, torchrun): when a torch.distributed process group of
+more than one rank is initialized, :func:`fit_ranking` wraps the model in DistributedDataParallel (gloo on CPU,
+NCCL on CUDA). Every rank draws the same permutation of the groups each epoch and trains on its own share
+(rank r takes groups r, r + N, ...), with ``1/N`` of the single-process batch, so that a step still averages
+the gradient of one single-process batch of groups and an epoch has the same number of steps. Every rank
+scores the (small) valid set itself: the weights are identical after each step, so every rank makes the same
+early-stopping decision without another collective.
 """
 
 from __future__ import annotations
@@ -58,6 +66,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the initialized torch.distributed process group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def training_device() -> torch.device:
@@ -120,6 +137,13 @@ def fit_ranking(
     seed_everything(config.seed)
     device = device or training_device()
     model.to(device)
+    rank, size = world()
+    trained: nn.Module = model
+    if size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        on_one_gpu = device.type == "cuda" and device.index is not None
+        trained = DistributedDataParallel(model, device_ids=[device.index] if on_one_gpu else None)
     features = {key: value.to(device) for key, value in train.features.items()}
     labels = train.labels.to(device)
     if valid is not None:
@@ -131,7 +155,12 @@ def fit_ranking(
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     sizes = np.diff(train.offsets)
     groups_per_batch = max(1, int(config.batch_size // max(sizes.mean(), 1.0)))
-    batches_per_epoch = -(-train.groups // groups_per_batch)
+    # distributed: each rank takes an equal share of the groups (the last size - 1 of a permutation are left
+    # for that epoch, so that every rank runs the same number of steps) in 1/size of the batch
+    shared_groups = train.groups - train.groups % size
+    groups_per_batch = max(1, groups_per_batch // size)
+    own_groups = shared_groups // size
+    batches_per_epoch = -(-own_groups // groups_per_batch)
 
     result = FitResult(device=str(device))
     best_state: dict[str, torch.Tensor] | None = None
@@ -142,13 +171,13 @@ def fit_ranking(
         epoch_started = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(train.groups, generator=generator).numpy()
-        for start in range(0, train.groups, groups_per_batch):
+        order = torch.randperm(train.groups, generator=generator).numpy()[:shared_groups][rank::size]
+        for start in range(0, own_groups, groups_per_batch):
             rows, local = group_rows(train.offsets, order[start : start + groups_per_batch])
             rows_t = torch.from_numpy(rows).to(device)
             batch = {key: value[rows_t] for key, value in features.items()}
             n_groups = int(local[-1]) + 1
-            logits, group = model(batch), torch.from_numpy(local).to(device)
+            logits, group = trained(batch), torch.from_numpy(local).to(device)
             columns = logits.unsqueeze(1) if logits.dim() == 1 else logits  # ensembles: one loss per member
             loss = sum(
                 listwise_loss(columns[:, j], labels[rows_t], group, n_groups) for j in range(columns.shape[1])
@@ -158,7 +187,11 @@ def fit_ranking(
             optimizer.step()
             loss_sum += loss.detach() * n_groups
             bar.update()
-        train_loss = float(loss_sum) / max(train.groups, 1)  # one device sync per epoch
+        if size > 1:  # the mean over every rank's groups
+            import torch.distributed as dist
+
+            dist.all_reduce(loss_sum)
+        train_loss = float(loss_sum) / max(shared_groups, 1)  # one device sync per epoch
         if not np.isfinite(train_loss):
             result.failure = f"non-finite training loss ({train_loss}) in epoch {epoch}"
             result.history.append(

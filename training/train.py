@@ -45,7 +45,7 @@ from training.baselines import (
     tune_recent_popularity,
 )
 from training.gate import QualityGateError, gate_failures
-from training.loop import FitResult, fit_ranking, seed_everything, training_device
+from training.loop import FitResult, fit_ranking, seed_everything, training_device, world
 from training.ltr import (
     CandidateSet,
     EncodedGroups,
@@ -428,6 +428,13 @@ def run_training(
             refit_info["pipeline_valid_ndcg@10_in_sample"] = float(
                 pipeline_valid_ndcg(data, models[serving_model], rules).mean()
             )
+    if (
+        world()[0] != 0
+    ):  # distributed (--nproc): the other ranks trained with rank 0, which writes the version
+        return TrainReport(
+            "", Path(), False, serving_model, baselines, outcomes,
+            data.row_counts(), time.perf_counter() - started, refit_info,
+        )  # fmt: skip
     recall_state = fit_recall_state(
         data.ratings, data.movies["movie_id"].to_numpy(), data.params, settings.like_threshold
     )

@@ -373,3 +373,23 @@ def _replace_dir(new: Path, target: Path) -> None:
         target.rename(old)
     new.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def wait_for_features(
+    workdir: Path, since_s: float = 0.0, timeout_s: float = 3600.0, poll_s: float = 2.0
+) -> Path:
+    """The feature spec of WORKDIR once features built after ``since_s`` (seconds since the epoch) are in place
+    (a build swaps its whole directory in at once, spec included); StarlingError after ``timeout_s``."""
+    spec = Path(workdir) / FEATURES_DIR / SPEC_FILE
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if spec.stat().st_mtime >= since_s:
+                return spec
+        except FileNotFoundError:
+            pass
+        if time.monotonic() >= deadline:
+            raise StarlingError(
+                f"{spec}: no features built after {since_s:.0f} (seconds since the epoch) within {timeout_s:.0f} s"
+            )
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))

@@ -3,7 +3,7 @@ Pod template of the offline pipeline, shared by the install Job and the retraini
 The steps run in order as initContainers (a failing step stops the chain and fails the pod); the main
 container evaluates the published model. Every step is idempotent, so a retried pod starts over safely.
 `starling train` publishes `models/current` only when the quality gate passes (non-zero exit otherwise).
-Usage: include "starling.trainingPod" (dict "root" $ "ingest" true)
+Usage: include "starling.trainingPod" (dict "root" $ "ingest" true ["sparkRun" NAME] ["skipTrain" true])
 */}}
 {{- define "starling.trainingPod" -}}
 {{- $root := .root -}}
@@ -20,7 +20,16 @@ Usage: include "starling.trainingPod" (dict "root" $ "ingest" true)
 {{- $steps = append $steps (list "features-build" (list "features" "build" $workdir)) -}}
 {{- end -}}
 {{- $steps = append $steps (list "features-materialize" (list "features" "materialize" $workdir)) -}}
+{{- if not .skipTrain -}}
 {{- $steps = append $steps (list "train" (list "train" $workdir "--model" $root.Values.training.model)) -}}
+{{- end -}}
+{{- /* the last container: evaluate the published model; without the train step (the PyTorchJob trains),
+the last step itself */ -}}
+{{- $last := list "evaluate" (list "evaluate" $workdir "--json") -}}
+{{- if .skipTrain -}}
+{{- $last = last $steps -}}
+{{- $steps = initial $steps -}}
+{{- end -}}
 metadata:
   labels:
     {{- include "starling.labels" (dict "root" $root "component" "training") | nindent 4 }}
@@ -40,8 +49,8 @@ spec:
       {{- include "starling.trainingContainer" (dict "root" $root "image" $image "args" (index $step 1)) | nindent 6 }}
     {{- end }}
   containers:
-    - name: evaluate
-      {{- include "starling.trainingContainer" (dict "root" $root "image" $image "args" (list "evaluate" $workdir "--json")) | nindent 6 }}
+    - name: {{ index $last 0 }}
+      {{- include "starling.trainingContainer" (dict "root" $root "image" $image "args" (index $last 1)) | nindent 6 }}
   volumes:
     {{- include "starling.volumes" $root | nindent 4 }}
   {{- with $root.Values.training.nodeSelector }}
