@@ -797,7 +797,8 @@ def test_bench_serve_profile_records_flamegraphs_and_names_the_heaviest_function
     assert recommend["samples"] > 0 and 0 <= recommend["idle_share"] < 1, recommend
     assert recommend["top_self"] and recommend["top_project"], recommend
     shares = [entry["share"] for entry in recommend["top_self"]]
-    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-6, shares
+    # each share is rounded to 0.001: their sum may pass 1 by a few thousandths
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.005, shares
     assert all(e["function"].endswith(".py)") for e in recommend["top_project"]), recommend["top_project"]
 
 
