@@ -440,6 +440,19 @@ def bench_features(n_ratings: int, source: str | None, as_json: bool) -> None:
     click.echo(json.dumps(run(n_ratings=n_ratings, source=source)))
 
 
+@bench.command("events")
+@click.option("--redis", "redis_url", default="redis://127.0.0.1:6379/0", show_default=True)
+@click.option("--appends", type=click.IntRange(10), default=1000, show_default=True)
+@click.option("--visibility-events", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True, default=True, help="Print JSON (the default).")
+def bench_events(redis_url: str, appends: int, visibility_events: int, as_json: bool) -> None:
+    """The file event log against the Redis Streams bus: events/s appended (one and 100 per append) and the
+    time until a follower in another process sees an event (p50/p95/p99/max ms)."""
+    from starling.eventbus_bench import bench_events as run
+
+    click.echo(json.dumps(run(redis_url, appends, visibility_events)))
+
+
 @bench.command("train")
 @click.option("--batch-size", type=int, default=4096, show_default=True)
 @click.option("--json", "as_json", is_flag=True, default=True, help="Print JSON (the default).")

@@ -206,6 +206,22 @@ def test_an_append_retried_after_a_lost_reply_adds_one_entry(bus: RedisEventLog)
     assert bus.client.xlen(keys[0]) == 1
 
 
+def test_bench_events_measures_both_logs_and_leaves_no_keys() -> None:
+    import redis
+
+    from starling.eventbus_bench import bench_events
+
+    report = bench_events(REDIS_URL, appends=20, visibility_events=8, every_s=0.02)
+    for kind in ("file", "redis"):
+        figures = report[kind]
+        assert figures["events_per_s_one_per_append"] > 0 and figures["events_per_s_100_per_append"] > 0
+        visibility = figures["visibility"]
+        assert visibility["seen"] == visibility["events"] == 8, visibility
+        assert 0 <= visibility["p50_ms"] <= visibility["p99_ms"] <= visibility["max_ms"], visibility
+    assert report["redis"]["bytes_per_entry"] > 0
+    assert not redis.Redis.from_url(REDIS_URL).keys("starling-bench-*"), "the benchmark deletes its keys"
+
+
 def test_maxlen_trims_the_stream(bus: RedisEventLog) -> None:
     trimmed = RedisEventLog(REDIS_URL, bus.prefix, maxlen=100)
     for user in range(300):
