@@ -432,12 +432,15 @@ def bench() -> None:
     "--ratings", "n_ratings", type=int, default=100_000, show_default=True, help="Synthetic ratings."
 )
 @click.option("--source", default=None, help="Benchmark this source instead of synthetic data.")
+@click.option("--engine", type=click.Choice(["polars", "spark"]), default="polars", show_default=True)
+@click.option("--master", default="local[2]", show_default=True, help="Spark master (with --engine spark).")
 @click.option("--json", "as_json", is_flag=True, default=True, help="Print JSON (the default).")
-def bench_features(n_ratings: int, source: str | None, as_json: bool) -> None:
-    """Time `features build` on N synthetic ratings (or SOURCE): ratings, seconds, peak_rss_mb."""
+def bench_features(n_ratings: int, source: str | None, engine: str, master: str, as_json: bool) -> None:
+    """Time `features build` on N synthetic ratings (or SOURCE) with an engine: ratings, seconds, peak_rss_mb,
+    peak_tree_rss_mb (with Spark's JVM)."""
     from starling.features.bench import bench_features as run
 
-    click.echo(json.dumps(run(n_ratings=n_ratings, source=source)))
+    click.echo(json.dumps(run(n_ratings=n_ratings, source=source, engine=engine, master=master)))
 
 
 @bench.command("events")

@@ -18,14 +18,42 @@ import pyarrow.parquet as pq
 from starling.errors import StarlingError
 
 _BUILD_IN_CHILD = """
-import json, resource, sys, time
+import json, resource, sys, threading, time
 from pathlib import Path
+import psutil
 from starling.features.build import SplitConfig, build_features
+
+engine, master = sys.argv[2], sys.argv[3]
+me = psutil.Process()
+peak = [0]
+done = threading.Event()
+
+def sample():  # the process tree's RSS (Spark's JVM is a child): at once, then every 0.1 s
+    while True:
+        total = 0
+        for process in [me, *me.children(recursive=True)]:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:
+                pass
+        peak[0] = max(peak[0], total)
+        if done.wait(0.1):
+            return
+
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
 started = time.perf_counter()
-report = build_features(Path(sys.argv[1]), SplitConfig())
+if engine == "spark":
+    from starling.features.spark_engine import build_features_spark
+    report = build_features_spark(Path(sys.argv[1]), SplitConfig(), master=master)
+else:
+    report = build_features(Path(sys.argv[1]), SplitConfig())
 seconds = time.perf_counter() - started
+done.set()
+sampler.join()
 peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kib / 1024, "users": report.users, "movies": report.movies}))
+print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kib / 1024, "peak_tree_rss_mb": peak[0] / 2**20,
+                  "users": report.users, "movies": report.movies}))
 """
 
 
@@ -40,16 +68,28 @@ def _prepare(workdir: Path, n_ratings: int, source: str | None) -> tuple[str, in
     return used, report.n_skipped
 
 
-def bench_features(n_ratings: int = 100_000, source: str | None = None) -> dict[str, Any]:
-    """Build features once; returns {"ratings", "users", "movies", "seconds", "peak_rss_mb", "source",
-    "skipped_rows"}."""
+def bench_features(
+    n_ratings: int = 100_000, source: str | None = None, engine: str = "polars", master: str = "local[2]"
+) -> dict[str, Any]:
+    """Build features once with ``engine`` (polars or spark on ``master``); returns {"ratings", "users",
+    "movies", "seconds", "peak_rss_mb" (the building process), "peak_tree_rss_mb" (with its children: Spark's
+    JVM; sampled every 0.1 s), "engine", "source", "skipped_rows"}."""
     if source is None and n_ratings <= 0:
         raise StarlingError(f"--ratings {n_ratings}: must be positive")
+    if engine not in ("polars", "spark"):
+        raise StarlingError(f"--engine {engine!r}: expected polars or spark")
+    if engine == "spark":
+        from starling.features.spark_engine import check_master
+
+        check_master(master)
     with tempfile.TemporaryDirectory(prefix="starling-bench-features-") as tmp:
         workdir = Path(tmp)
         used, skipped = _prepare(workdir, n_ratings, source)
         child = subprocess.run(
-            [sys.executable, "-c", _BUILD_IN_CHILD, str(workdir)], capture_output=True, text=True, check=False
+            [sys.executable, "-c", _BUILD_IN_CHILD, str(workdir), engine, master],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if child.returncode != 0:
             last_lines = "\n".join(child.stderr.strip().splitlines()[-5:])
@@ -62,6 +102,8 @@ def bench_features(n_ratings: int = 100_000, source: str | None = None) -> dict[
         "movies": measured["movies"],
         "seconds": round(measured["seconds"], 3),
         "peak_rss_mb": round(measured["peak_rss_mb"], 1),
+        "peak_tree_rss_mb": round(measured["peak_tree_rss_mb"], 1),
+        "engine": engine if engine == "polars" else f"spark {master}",
         "source": used,
         "skipped_rows": skipped,
     }
