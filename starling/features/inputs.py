@@ -93,15 +93,40 @@ def _reject_nulls(df: pl.DataFrame, where: str, columns: list[str]) -> None:
             )
 
 
-def check_movies(movies: pl.DataFrame, where: str = "movies") -> pl.DataFrame:
-    """Check the movie catalog's schema and content; return it with contract types."""
-    expected = {"movie_id": "int64", "release_year": "int32", "genres": "list<string>"}
-    _require_columns(movies, where, expected)
+MOVIE_COLUMNS = {"movie_id": "int64", "release_year": "int32", "genres": "list<string>"}
+RATING_COLUMNS = {
+    "user_id": "int64",
+    "movie_id": "int64",
+    "rating": "float32",
+    "event_timestamp": "timestamp[us, UTC]",
+}
+
+
+def check_movies_schema(movies: pl.DataFrame, where: str) -> None:
+    """The catalog's columns and their kinds (both engines check them before reading any row)."""
+    _require_columns(movies, where, MOVIE_COLUMNS)
     schema = movies.schema
     _check_kind(movies, where, "movie_id", schema["movie_id"].is_integer(), "an integer type (int64)")
     _check_kind(movies, where, "release_year", schema["release_year"].is_integer(), "an integer type (int32)")
     genres_ok = isinstance(schema["genres"], pl.List) and schema["genres"].inner == pl.String
     _check_kind(movies, where, "genres", genres_ok, "list<string>")
+
+
+def check_ratings_schema(ratings: pl.DataFrame, where: str) -> None:
+    """The ratings' columns and their kinds (both engines check them before reading any row)."""
+    _require_columns(ratings, where, RATING_COLUMNS)
+    schema = ratings.schema
+    for column in ("user_id", "movie_id"):
+        _check_kind(ratings, where, column, schema[column].is_integer(), "an integer type (int64)")
+    _check_kind(ratings, where, "rating", schema["rating"].is_float(), "a float type (float32)")
+    ts_type = schema["event_timestamp"]
+    ts_ok = isinstance(ts_type, pl.Datetime) and ts_type.time_zone == "UTC"
+    _check_kind(ratings, where, "event_timestamp", ts_ok, "timestamp with time zone UTC")
+
+
+def check_movies(movies: pl.DataFrame, where: str = "movies") -> pl.DataFrame:
+    """Check the movie catalog's schema and content; return it with contract types."""
+    check_movies_schema(movies, where)
     _reject_nulls(movies, where, ["movie_id", "genres"])
     movies = movies.with_columns(pl.col("movie_id").cast(pl.Int64), pl.col("release_year").cast(pl.Int32))
     repeated = ~movies["movie_id"].is_first_distinct()
@@ -122,21 +147,8 @@ def check_movies(movies: pl.DataFrame, where: str = "movies") -> pl.DataFrame:
 
 def check_ratings(ratings: pl.DataFrame, where: str, movies: pl.DataFrame) -> pl.DataFrame:
     """Check ratings against the contract and the catalog; return them typed and in canonical order."""
-    expected = {
-        "user_id": "int64",
-        "movie_id": "int64",
-        "rating": "float32",
-        "event_timestamp": "timestamp[us, UTC]",
-    }
-    _require_columns(ratings, where, expected)
-    schema = ratings.schema
-    for column in ("user_id", "movie_id"):
-        _check_kind(ratings, where, column, schema[column].is_integer(), "an integer type (int64)")
-    _check_kind(ratings, where, "rating", schema["rating"].is_float(), "a float type (float32)")
-    ts_type = schema["event_timestamp"]
-    ts_ok = isinstance(ts_type, pl.Datetime) and ts_type.time_zone == "UTC"
-    _check_kind(ratings, where, "event_timestamp", ts_ok, "timestamp with time zone UTC")
-    _reject_nulls(ratings, where, list(expected))
+    check_ratings_schema(ratings, where)
+    _reject_nulls(ratings, where, list(RATING_COLUMNS))
     ratings = ratings.select(
         pl.col("user_id").cast(pl.Int64),
         pl.col("movie_id").cast(pl.Int64),

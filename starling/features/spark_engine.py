@@ -62,7 +62,13 @@ from starling.features.build import (
     _replace_dir,
     _schema,
 )
-from starling.features.inputs import MOVIES_FILE, RATINGS_FILE, InputError, _check_kind, _require_columns
+from starling.features.inputs import (
+    MOVIES_FILE,
+    RATINGS_FILE,
+    InputError,
+    check_movies_schema,
+    check_ratings_schema,
+)
 from starling.features.pointintime import GENRE_SLOTS_MOVIE, GENRE_SLOTS_USER, LIKED_SLOTS, YEAR_CENTRE
 from starling.features.spec import (
     MOVIE_FEATURE_COLUMNS,
@@ -198,32 +204,10 @@ def _input_paths(workdir: Path) -> tuple[Path, Path]:
 
 def _check_schema(frame: pl.DataFrame, name: str, where: str) -> None:
     """The column and type checks of inputs.py's check_ratings / check_movies (the schema part)."""
-    schema = frame.schema
     if name == MOVIES_FILE:
-        _require_columns(
-            frame, where, {"movie_id": "int64", "release_year": "int32", "genres": "list<string>"}
-        )
-        schema = frame.schema
-        _check_kind(frame, where, "movie_id", schema["movie_id"].is_integer(), "an integer type (int64)")
-        _check_kind(
-            frame, where, "release_year", schema["release_year"].is_integer(), "an integer type (int32)"
-        )
-        genres_ok = isinstance(schema["genres"], pl.List) and schema["genres"].inner == pl.String
-        _check_kind(frame, where, "genres", genres_ok, "list<string>")
-        return
-    expected = {
-        "user_id": "int64",
-        "movie_id": "int64",
-        "rating": "float32",
-        "event_timestamp": "timestamp[us, UTC]",
-    }
-    _require_columns(frame, where, expected)
-    for column in ("user_id", "movie_id"):
-        _check_kind(frame, where, column, schema[column].is_integer(), "an integer type (int64)")
-    _check_kind(frame, where, "rating", schema["rating"].is_float(), "a float type (float32)")
-    ts_type = schema["event_timestamp"]
-    ts_ok = isinstance(ts_type, pl.Datetime) and ts_type.time_zone == "UTC"
-    _check_kind(frame, where, "event_timestamp", ts_ok, "timestamp with time zone UTC")
+        check_movies_schema(frame, where)
+    else:
+        check_ratings_schema(frame, where)
 
 
 def _load_movies(spark: SparkSession, path: Path) -> tuple[DataFrame, list[str]]:
