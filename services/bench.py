@@ -229,7 +229,7 @@ def bench_upsert(workdir: Path, n: int = 200, visible_sample: int = 20, rate: fl
 
     from starling.auth import authorized_channel, client_token
     from starling.events import MOVIE_STREAM, read_all
-    from starling.local import copy_workdir, down, free_stack_ports, up
+    from starling.local import copy_workdir, down, up_on_free_ports
     from starling.v1 import catalog_pb2, catalog_pb2_grpc, recall_pb2, recall_pb2_grpc
 
     if n < 1 or visible_sample < 0 or rate < 0:
@@ -241,8 +241,7 @@ def bench_upsert(workdir: Path, n: int = 200, visible_sample: int = 20, rate: fl
     with tempfile.TemporaryDirectory(prefix="starling-bench-upsert-") as tmp:
         copy = Path(tmp) / "workdir"
         copy_workdir(source, copy)
-        settings = get_settings().model_copy(update={"workdir": copy, **free_stack_ports()})
-        up(copy, settings=settings)
+        settings = up_on_free_ports(copy, get_settings().model_copy(update={"workdir": copy}))
         try:
             admin = authorized_channel(f"127.0.0.1:{settings.admin_port}", client_token(settings))
             catalog = catalog_pb2_grpc.CatalogServiceStub(admin)

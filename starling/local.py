@@ -119,6 +119,39 @@ def free_stack_ports() -> dict[str, int]:
     return ports
 
 
+class PortTaken(StarlingError):
+    """A service exited during start-up because its port was taken (see :func:`up_on_free_ports`)."""
+
+
+# What a service's log says when its port is taken: our servers' own message (services/common/server.py,
+# the ranker), the OS's (metrics endpoint, aiohttp's web gateway) and uvicorn's.
+_BIND_FAILURES = ("could not bind", "address already in use", "error while attempting to bind")
+
+
+def start_failure(process: ServiceProcess) -> StarlingError:
+    """The error for ``process`` having exited during start-up, with its log's tail: :class:`PortTaken`
+    when the log says its port was taken."""
+    tail = Path(process.log).read_text(errors="replace")[-2000:]
+    failure = PortTaken if any(text in tail.lower() for text in _BIND_FAILURES) else StarlingError
+    return failure(f"{process.name} exited during start-up; see {process.log}:\n{tail}")
+
+
+def up_on_free_ports(
+    workdir: Path, settings: Settings, timeout_s: float = 180.0, attempts: int = 3
+) -> Settings:
+    """:func:`up` a second stack on free ports and return its settings. A port found free can be taken by
+    another process before the service binds it; the stack is then started again on other ports."""
+    for attempt in range(1, attempts + 1):
+        ported = settings.model_copy(update=free_stack_ports())
+        try:
+            up(workdir, timeout_s=timeout_s, settings=ported)
+            return ported
+        except PortTaken:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 def service_environment(workdir: Path, settings: Settings) -> dict[str, str]:
     """The child processes' environment: this one plus every setting, so the services share ``settings``."""
     env = dict(os.environ)
@@ -246,8 +279,7 @@ def up(workdir: Path, timeout_s: float = 180.0, settings: Settings | None = None
         for process in started:
             if process.restarts or process.last_exit is not None:  # crashed while starting: stop, show why
                 down(workdir)
-                tail = Path(process.log).read_text(errors="replace")[-2000:]
-                raise StarlingError(f"{process.name} exited during start-up; see {process.log}:\n{tail}")
+                raise start_failure(process)
             if process.name in waiting and is_healthy(process.name, process.port):
                 waiting.discard(process.name)
         time.sleep(0.2)

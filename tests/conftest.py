@@ -132,12 +132,12 @@ def running_stack(workdir: Path, **overrides: object) -> Iterator[Settings]:
 
     Stage deadlines are generous: the tests check behaviour on a shared, noisy machine, not speed.
     """
-    from starling.local import down, free_stack_ports, up
+    from starling.local import down, up_on_free_ports
 
-    ports = free_stack_ports()
     deadlines = {f"{stage}_timeout_ms": 5000 for stage in ("candidates", "recall", "ranker", "rerank")}
-    settings = Settings(workdir=workdir, **{**ports, **deadlines, **overrides})
-    up(workdir, timeout_s=240, settings=settings)
+    settings = up_on_free_ports(
+        workdir, Settings(workdir=workdir, **{**deadlines, **overrides}), timeout_s=240
+    )
     try:
         yield settings
     finally:

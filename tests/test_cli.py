@@ -124,3 +124,42 @@ def test_features_wait_returns_once_this_revisions_features_are_there(tmp_path: 
         cli, ["features", "wait", str(tmp_path), "--since", str(since - 0.01), "--timeout", "10"]
     )
     assert fresh.exit_code == 0 and "features ready" in fresh.output, fresh.output
+
+
+def test_a_service_whose_port_was_taken_starts_the_stack_again_on_other_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """free_port's port may be taken before the service binds it; up_on_free_ports then picks new ports."""
+    from starling.config import Settings
+
+    taken = tmp_path / "recall.log"
+    taken.write_text("OSError: recall: could not bind 127.0.0.1:39127\n")
+    crashed = tmp_path / "ranker.log"
+    crashed.write_text("ValueError: models/current has no ranker\n")
+    assert isinstance(
+        local.start_failure(local.ServiceProcess("recall", 1, 39127, 40127, str(taken), 1)), local.PortTaken
+    )
+    failure = local.start_failure(local.ServiceProcess("ranker", 1, 8500, 0, str(crashed), 1))
+    assert not isinstance(failure, local.PortTaken) and "has no ranker" in str(failure)
+
+    tried: list[int] = []
+
+    def up(workdir: Path, timeout_s: float, settings: Settings) -> None:
+        tried.append(settings.recall_port)
+        if len(tried) == 1:
+            raise local.start_failure(
+                local.ServiceProcess("recall", 1, settings.recall_port, 0, str(taken), 1)
+            )
+
+    monkeypatch.setattr(local, "up", up)
+    started = local.up_on_free_ports(tmp_path, Settings(workdir=tmp_path, recall_timeout_ms=5000))
+    assert len(tried) == 2 and started.recall_port == tried[1] and started.recall_timeout_ms == 5000
+    monkeypatch.setattr(
+        local,
+        "up",
+        lambda *a, **k: (_ for _ in ()).throw(
+            local.start_failure(local.ServiceProcess("ranker", 1, 8500, 0, str(crashed), 1))
+        ),
+    )
+    with pytest.raises(local.StarlingError, match="has no ranker"):
+        local.up_on_free_ports(tmp_path, Settings(workdir=tmp_path))
