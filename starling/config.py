@@ -117,6 +117,21 @@ class Settings(BaseSettings):
     ranker_torch_threads: int = Field(1, description="torch intra-op threads of the ranker (CPU).")
     ranker_max_movies: int = Field(2000, description="Most movies one ranker request may score.")
     ranker_model_name: str = Field("starling-ranker", description="KServe model name of the ranker.")
+    ranker_batch_max_rows: int = Field(
+        8192,
+        description="Batching under load: requests that queue while the ranker scores are scored together, up "
+        "to this many rows in one forward pass (services/ranker/batching.py); 0 = every request alone, on the "
+        "event loop.",
+    )
+    ranker_user_cache_size: int = Field(
+        100_000,
+        description="Users whose online features the ranker keeps between requests (services/ranker/"
+        "user_cache.py); 0 = read Feast on every request.",
+    )
+    ranker_user_cache_ttl_s: float = Field(
+        30.0,
+        description="Longest time the ranker serves a user's cached online features without reading them.",
+    )
     event_poll_s: float = Field(0.2, description="How often services read new feedback from the event log.")
     event_bus: str = Field(
         "",

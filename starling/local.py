@@ -123,9 +123,13 @@ class PortTaken(StarlingError):
     """A service exited during start-up because its port was taken (see :func:`up_on_free_ports`)."""
 
 
-# What a service's log says when its port is taken: our servers' own message (services/common/server.py,
-# the ranker), the OS's (metrics endpoint, aiohttp's web gateway) and uvicorn's.
-_BIND_FAILURES = ("could not bind", "address already in use", "error while attempting to bind")
+# What a service's log says when its port is taken (lower case).
+_BIND_FAILURES = (
+    "could not bind",  # ours (services/common/server.py, the ranker)
+    "failed to bind",  # grpc's own
+    "address already in use",  # the OS's: the metrics endpoint, aiohttp's web gateway
+    "error while attempting to bind",  # uvicorn's (KServe's REST port)
+)
 
 
 def start_failure(process: ServiceProcess) -> StarlingError:

@@ -133,7 +133,7 @@ def test_a_service_whose_port_was_taken_starts_the_stack_again_on_other_ports(
     from starling.config import Settings
 
     taken = tmp_path / "recall.log"
-    taken.write_text("OSError: recall: could not bind 127.0.0.1:39127\n")
+    taken.write_text("RuntimeError: Failed to bind to address 127.0.0.1:39127; set GRPC_VERBOSITY=debug\n")
     crashed = tmp_path / "ranker.log"
     crashed.write_text("ValueError: models/current has no ranker\n")
     assert isinstance(

@@ -49,6 +49,22 @@ def test_forward_gives_one_logit_per_row_and_every_parameter_gets_a_gradient(nam
         assert {"inputs.user", "inputs.movie"} <= set(tables)
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_row_scores_the_same_alone_or_batched_with_other_requests(name, spec_and_batch) -> None:
+    """The ranker scores requests that queue under load in one pass (services/ranker/batching.py)."""
+    from services.ranker.scoring import score_encoded
+
+    spec, batch = spec_and_batch
+    model = build_model(name, spec, ModelConfig(embedding_dim=8, hidden_units=(32, 16))).eval()
+    encoded = {key: batch[key].numpy() for key in FEATURE_KEYS}
+    cuts = [(0, 5), (5, 105), (105, 106), (106, 256)]
+    alone = [
+        score_encoded(model, {k: v[a:b] for k, v in encoded.items()}, torch.device("cpu")) for a, b in cuts
+    ]
+    together = score_encoded(model, encoded, torch.device("cpu"))
+    np.testing.assert_allclose(together, np.concatenate(alone), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", EMBEDDING_MODELS)
 def test_eval_mode_is_deterministic_and_training_mode_drops_ids(name, spec_and_batch) -> None:
     spec, batch = spec_and_batch

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -93,6 +94,55 @@ def _request(user_id: int, movie_ids: np.ndarray, features: np.ndarray | None) -
         candidate.set_data_from_numpy(features.astype(np.float32), binary_data=True)
         inputs.append(candidate)
     return InferRequest(model_name=MODEL, infer_inputs=inputs)
+
+
+def _check_batching_and_user_cache(
+    workdir: Path, grpc_port: int, http_port: int, snapshot, artifact, movie_ids, features
+) -> None:
+    """Requests sent together are scored in shared forward passes, each answered with its own scores; a user
+    whose online features were pushed after a rating is read again once the rating is in the event log."""
+    import datetime as dt
+
+    from starling import events
+    from starling.featurestore import USER_PUSH_SOURCE, get_feature_store
+    from training.replay import Ranker
+
+    ranker = Ranker.build(artifact.model(), artifact.spec, snapshot)
+    users = list(range(1, 25))
+    expected = [ranker.score(u, snapshot.users.values(u)[0], movie_ids, features) for u in users]
+
+    async def together() -> list[np.ndarray]:
+        async with InferenceGRPCClient(f"127.0.0.1:{grpc_port}", retries=0) as client:
+            replies = await asyncio.gather(*(client.infer(_request(u, movie_ids, features)) for u in users))
+        return [next(o for o in r.outputs if o.name == "scores").as_numpy() for r in replies]
+
+    for got, want in zip(asyncio.run(together()), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    metrics = httpx.get(f"http://127.0.0.1:{http_port}/metrics", timeout=10).text
+    passes = float(re.search(r"^starling_ranker_batch_requests_count (\S+)$", metrics, re.M).group(1))
+    requests = float(re.search(r"^starling_ranker_batch_requests_sum (\S+)$", metrics, re.M).group(1))
+    assert requests > passes, f"{requests:.0f} requests in {passes:.0f} passes: none shared a pass"
+
+    # User 2 rates: recommend pushes their recomputed features, after appending the rating to the event log.
+    values, _ = snapshot.users.values(2)
+    changed = {**values, "user_rating_count": 2000.0, "user_avg_rating": 1.0, "user_rating_stddev": 0.1}
+    now = dt.datetime.now(dt.UTC)
+    row = {"user_id": [2], **{name: [value] for name, value in changed.items()}, "event_timestamp": [now]}
+    get_feature_store(workdir).push(USER_PUSH_SOURCE, pl.DataFrame(row).to_pandas())
+    rating = {"user_id": [2], "movie_id": [int(movie_ids[0])], "rating": [1.0], "event_timestamp": [now]}
+    events.append(workdir, events.RATING_STREAM, pl.DataFrame({**rating, "kind": ["rating"]}))
+    fresh = ranker.score(2, changed, movie_ids, features)
+    assert not np.allclose(fresh, expected[1], rtol=1e-5, atol=1e-6)
+
+    async def scores_of_user_2() -> np.ndarray:
+        async with InferenceGRPCClient(f"127.0.0.1:{grpc_port}", retries=0) as client:
+            reply = await client.infer(_request(2, movie_ids, features))
+        return next(o for o in reply.outputs if o.name == "scores").as_numpy()
+
+    deadline = time.monotonic() + 10
+    while not np.allclose(got := asyncio.run(scores_of_user_2()), fresh, rtol=1e-5, atol=1e-6):
+        assert time.monotonic() < deadline, "the ranker kept serving user 2's cached features"
+        time.sleep(0.1)
 
 
 def _check_hardening(pid: int, grpc_port: int, http_port: int) -> None:
@@ -232,6 +282,7 @@ def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
                         await client.infer(bad)
 
         asyncio.run(grpc_calls())
+        _check_batching_and_user_cache(workdir, grpc_port, http_port, snapshot, artifact, movie_ids, features)
 
         rest = httpx.post(
             f"http://127.0.0.1:{http_port}/v2/models/{MODEL}/infer",

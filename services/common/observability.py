@@ -107,6 +107,12 @@ EXPERIMENT_FEEDBACK = Counter(
 )
 EXPERIMENT_SIGNALS = ("like", "rating", "click")
 MODEL_INFO = Gauge("starling_model_info", "1 for the model version currently served.", ["version"])
+RANKER_BATCH_REQUESTS = Histogram(
+    "starling_ranker_batch_requests",
+    "Requests the ranker scored together in one forward pass (more than 1 only under load: see "
+    "services/ranker/batching.py).",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+)
 
 
 class ExportedOnceSetGauge(Gauge):

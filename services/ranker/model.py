@@ -9,8 +9,10 @@ Outputs: ``scores`` FP32 [N] (the ranking model's scores, squashed into (0, 1); 
   store for every catalog movie, encoded once (see encoding.py);
 - preprocess: the user's row from the Feast online store (one key) + cached movie rows + the candidate
   features -> encoded batch;
-- predict: the torch model on CUDA when present, else CPU (services/ranker/scoring.py).
-A background thread polls for a newly published model or a new materialization, builds the new state off
+- predict: the torch model on CUDA when present, else CPU (services/ranker/scoring.py), in a worker thread;
+  requests that queue meanwhile are scored together in the next forward pass (services/ranker/batching.py).
+A user's online row is kept between requests (services/ranker/user_cache.py) and evicted when the ratings
+stream shows the user rated something. A background thread polls for a newly published model or a new materialization, builds the new state off
 the request path and swaps it in with one assignment: requests in flight finish on the state they started with.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +31,21 @@ import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 
-from services.common.observability import FEATURE_FRESHNESS, MODEL_INFO
+from services.common.observability import FEATURE_FRESHNESS, MODEL_INFO, RANKER_BATCH_REQUESTS
+from services.ranker.batching import MicroBatcher
 from services.ranker.encoding import ServingEncoder, blank_user, user_columns
 from services.ranker.scoring import score_encoded
+from services.ranker.user_cache import UserFeatureCache
 from starling.config import Settings, get_settings
 from starling.eventbus import open_event_log
-from starling.events import MOVIE_STREAM
+from starling.events import MOVIE_STREAM, RATING_STREAM
 from starling.features.spec import CANDIDATE_FEATURES, MOVIE_FEATURE_COLUMNS, USER_FEATURE_COLUMNS
 from starling.featurestore import MOVIE_VIEW, USER_VIEW, get_feature_store, registry_path
 from training.artifacts import CURRENT, Artifact, load_artifact, resolve_artifact
 
 log = logging.getLogger("starling.ranker")
 USER_REFS = [f"{USER_VIEW}:{column}" for column in USER_FEATURE_COLUMNS]
+USER_SETTLE_S = 5.0  # after a rating event, how long a user's reads stay uncached (see user_cache.py)
 
 
 def pick_device(preference: str) -> torch.device:
@@ -58,6 +64,7 @@ class RankerState:
     artifact_path: Path
     registry_mtime: float
     movie_frame: pl.DataFrame  # movie_id + MOVIE_FEATURE_COLUMNS as read from the online store
+    users: UserFeatureCache  # online user rows read under this state (a new materialization: a new cache)
 
 
 class RankerModel(Model):
@@ -72,6 +79,10 @@ class RankerModel(Model):
         self.state: RankerState | None = None
         self._store = None
         self._stop = threading.Event()
+        self._in_flight = 0  # requests between the start of preprocess and the end of predict
+        self._batcher = MicroBatcher(
+            partial(score_encoded, device=self.device), self.settings.ranker_batch_max_rows
+        )
 
     # ------------------------------------------------------------------------------------------ loading
     def _online_frame(self, view: str, key: str, ids: np.ndarray, columns: tuple[str, ...]) -> pl.DataFrame:
@@ -87,6 +98,7 @@ class RankerModel(Model):
         self._store = get_feature_store(self.workdir, self.settings)
         event_log = open_event_log(self.workdir, self.settings)  # the file log or the Redis bus
         self._movie_events = event_log.follower(MOVIE_STREAM, start_at_end=True)
+        self._rating_events = event_log.follower(RATING_STREAM, start_at_end=True)
         catalog_ids = pl.read_parquet(self.workdir / "movies.parquet", columns=["movie_id"])["movie_id"]
         added_ids = event_log.read_all(MOVIE_STREAM)["movie_id"]  # movies upserted while serving
         movie_ids = pl.concat([catalog_ids, added_ids]).unique().sort().to_numpy()
@@ -98,7 +110,13 @@ class RankerModel(Model):
             "ranker state built",
             extra={"version": artifact.version, "movies": len(movie_ids), "device": str(self.device)},
         )
-        return RankerState(artifact, model, encoder, artifact_path, mtime, movies)
+        users = UserFeatureCache(
+            self.read_user_features,
+            ttl_s=self.settings.ranker_user_cache_ttl_s,
+            settle_s=USER_SETTLE_S,
+            max_users=self.settings.ranker_user_cache_size,
+        )
+        return RankerState(artifact, model, encoder, artifact_path, mtime, movies, users)
 
     def refresh_movies(self, movie_ids: np.ndarray) -> None:
         """Re-read these movies' online features (new or changed movies) and swap in a re-encoded cache."""
@@ -110,7 +128,12 @@ class RankerModel(Model):
         self._install(replace(state, encoder=ServingEncoder(state.artifact.spec, frame), movie_frame=frame))
 
     def user_features(self, user_id: int) -> tuple[dict[str, object], bool]:
-        """One user's online features as plain values (None = null), and whether the store knows the user."""
+        """One user's online features as plain values (None = null), and whether the store knows the user;
+        from the cache when it has them."""
+        return self.state.users.get(user_id)
+
+    def read_user_features(self, user_id: int) -> tuple[dict[str, object], bool]:
+        """One user's online features read from the Feast online store (see :meth:`user_features`)."""
         row = self._store.get_online_features(
             features=USER_REFS, entity_rows=[{"user_id": user_id}]
         ).to_dict()
@@ -119,7 +142,7 @@ class RankerModel(Model):
 
     def _warm_up(self, model: torch.nn.Module, encoder: ServingEncoder, movie_ids: np.ndarray) -> None:
         """One online read and one forward pass, so the first real request pays no one-off costs."""
-        self.user_features(0)
+        self.read_user_features(0)
         features = np.full((len(movie_ids), len(CANDIDATE_FEATURES)), np.nan, dtype=np.float32)
         score_encoded(model, encoder.encode(blank_user(0), movie_ids, features), self.device)
 
@@ -135,6 +158,7 @@ class RankerModel(Model):
         self._install(self._build_state())
         self.ready = True
         threading.Thread(target=self._watch, name="ranker-reload", daemon=True).start()
+        threading.Thread(target=self._follow_ratings, name="ranker-ratings", daemon=True).start()
         return self.ready
 
     def _needs_reload(self, state: RankerState) -> bool:
@@ -166,6 +190,18 @@ class RankerModel(Model):
             except Exception:
                 log.exception("reload failed; still serving the previous model")
 
+    def _follow_ratings(self) -> None:
+        """Evict the users who rated something from the user cache, as soon as their events appear."""
+        while not self._stop.is_set():
+            try:
+                events = self._rating_events.poll()
+                if events is not None:
+                    self.state.users.rated(events["user_id"].unique().to_list())
+            except Exception:
+                log.exception("following the ratings failed; cached users expire by their TTL")
+            if not self._rating_events.waits:
+                self._stop.wait(self.settings.event_poll_s)
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -185,6 +221,14 @@ class RankerModel(Model):
         ]
 
     async def preprocess(self, payload: InferRequest | dict, headers: dict[str, str] | None = None) -> Any:
+        self._in_flight += 1  # until predict ends (only the event loop's thread counts)
+        try:
+            return self._checked_and_encoded(payload)
+        except BaseException:
+            self._in_flight -= 1
+            raise
+
+    def _checked_and_encoded(self, payload: InferRequest | dict) -> Any:
         if not isinstance(payload, InferRequest):
             raise InvalidInput(
                 "the ranker speaks the Open Inference Protocol v2 only (inputs user_id, movie_ids)"
@@ -235,7 +279,14 @@ class RankerModel(Model):
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> InferResponse:
         state, encoded, found, request_id = payload
-        scores = score_encoded(state.model, encoded, self.device)
+        try:
+            if self.settings.ranker_batch_max_rows > 0 and self._in_flight > 1:
+                scores = await self._batcher.submit(state.model, encoded)
+            else:  # alone (or batching off): on the loop, without a worker thread's hand-over
+                RANKER_BATCH_REQUESTS.observe(1)
+                scores = score_encoded(state.model, encoded, self.device)
+        finally:
+            self._in_flight -= 1
         scores_out = InferOutput("scores", shape=[len(scores)], datatype="FP32")
         scores_out.set_data_from_numpy(scores, binary_data=True)
         found_out = InferOutput("user_features_found", shape=[1], datatype="BOOL")
