@@ -292,3 +292,146 @@ def bench_upsert(workdir: Path, n: int = 200, visible_sample: int = 20, rate: fl
         "text_encoder": settings.content_on_upsert,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.system()}",
     }
+
+
+# ------------------------------------------------------------------------------------------------ ranker
+RANKER_CONFIGS: dict[str, dict[str, int]] = {  # setting overrides per ranker process
+    "alone": {"ranker_batch_max_rows": 0, "ranker_user_cache_size": 0},
+    "batching": {"ranker_user_cache_size": 0},
+    "batching_and_cache": {},  # the defaults
+}
+
+
+def _infer_request(user_id: int, movie_ids: np.ndarray, features: np.ndarray, model_name: str) -> Any:
+    from kserve import InferInput, InferRequest
+
+    user = InferInput("user_id", [1], "INT64")
+    user.set_data_from_numpy(np.array([user_id], dtype=np.int64), binary_data=True)
+    movies = InferInput("movie_ids", [len(movie_ids)], "INT64")
+    movies.set_data_from_numpy(movie_ids, binary_data=True)
+    candidate = InferInput("candidate_features", list(features.shape), "FP32")
+    candidate.set_data_from_numpy(features, binary_data=True)
+    return InferRequest(model_name=model_name, infer_inputs=[user, movies, candidate])
+
+
+async def _drive_ranker(
+    target: str,
+    model_name: str,
+    users: np.ndarray,
+    movie_ids: np.ndarray,
+    concurrency: int,
+    duration_s: float,
+) -> tuple[list[float], int]:
+    """Latencies (ms) of back-to-back v2 gRPC infer calls from ``concurrency`` tasks, and the errors."""
+    from kserve import InferenceGRPCClient
+
+    from starling.features.spec import CANDIDATE_FEATURES
+
+    rng = np.random.default_rng(concurrency)
+    features = np.full((len(movie_ids), len(CANDIDATE_FEATURES)), np.nan, dtype=np.float32)
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration_s
+    async with InferenceGRPCClient(target, retries=0, timeout=10) as client:
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                request = _infer_request(int(rng.choice(users)), movie_ids, features, model_name)
+                start = time.perf_counter()
+                try:
+                    await client.infer(request)
+                except Exception:
+                    errors += 1
+                    continue
+                latencies.append((time.perf_counter() - start) * 1000.0)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors
+
+
+def bench_ranker(
+    workdir: Path, concurrency: list[int], rounds: int = 6, burst_s: float = 2.0, candidates: int = 500
+) -> dict[str, Any]:
+    """The KServe ranker alone, three processes side by side on WORKDIR's published model and online store:
+    every request scored alone ("alone"), batching under load ("batching", services/ranker/batching.py) and
+    batching with the user-feature cache ("batching_and_cache", the default). The load alternates between
+    them in short bursts (``rounds`` per level), so that a machine whose speed drifts treats each alike; each
+    request scores ``candidates`` catalog movies (candidate features missing) for a random rater. Per level and
+    process: req/s, p50/p99 ms, the ranker's CPU ms per request, and each figure over "alone"'s."""
+    import psutil
+
+    from starling.local import free_port, start_replica, wait_healthy
+
+    if rounds < 1 or burst_s <= 0 or not concurrency or min(concurrency) < 1 or candidates < 1:
+        raise StarlingError("--rounds >= 1, --burst > 0, --candidates >= 1 and --concurrency integers >= 1")
+    workdir = Path(workdir).resolve()
+    if not (workdir / "models" / "current").exists():
+        raise StarlingError(f"{workdir}: no published model (run `make demo` or `starling train` first)")
+    settings = get_settings().model_copy(update={"workdir": workdir})
+    users = pl.read_parquet(workdir / "ratings.parquet", columns=["user_id"])["user_id"].unique().to_numpy()
+    catalog = pl.read_parquet(workdir / "movies.parquet", columns=["movie_id"])["movie_id"].to_numpy()
+    movie_ids = np.random.default_rng(0).choice(catalog, min(candidates, len(catalog)), replace=False)
+    processes: dict[str, tuple[Any, str]] = {}
+    try:
+        for name, overrides in RANKER_CONFIGS.items():
+            ports = {"ranker_grpc_port": free_port(), "ranker_http_port": free_port()}
+            config = settings.model_copy(update={**ports, **overrides})
+            log_path = workdir / "run" / "logs" / f"bench-ranker-{name}.log"
+            processes[name] = (start_replica(workdir, "ranker", config, log_path), ports["ranker_grpc_port"])
+        for process, port in processes.values():
+            wait_healthy("ranker", port, 180, process=process)
+        tallies = {(level, name): [[], 0, 0.0, 0.0] for level in concurrency for name in processes}
+        for _, port in processes.values():  # warm-up: the load of a serving ranker, briefly
+            asyncio.run(
+                _drive_ranker(f"127.0.0.1:{port}", settings.ranker_model_name, users, movie_ids, 4, 1.0)
+            )
+        for level in concurrency:
+            for _ in range(rounds):
+                for name, (process, port) in processes.items():
+                    cpu = psutil.Process(process.pid)
+                    before = sum(cpu.cpu_times()[:2])
+                    started = time.perf_counter()
+                    latencies, errors = asyncio.run(
+                        _drive_ranker(
+                            f"127.0.0.1:{port}", settings.ranker_model_name, users, movie_ids, level, burst_s
+                        )
+                    )
+                    tally = tallies[(level, name)]
+                    tally[0] += latencies
+                    tally[1] += errors
+                    tally[2] += time.perf_counter() - started
+                    tally[3] += sum(cpu.cpu_times()[:2]) - before
+    finally:
+        for process, _ in processes.values():
+            process.terminate()
+        for process, _ in processes.values():
+            process.wait(timeout=30)
+    levels = []
+    for level in concurrency:
+        figures = {}
+        for name in processes:
+            latencies, errors, seconds, cpu_s = tallies[(level, name)]
+            figures[name] = {
+                "requests": len(latencies),
+                "errors": errors,
+                "requests_per_second": round(len(latencies) / seconds, 1),
+                **{k: v for k, v in _quantiles(latencies).items() if k != "p95_ms"},
+                "cpu_ms_per_request": round(cpu_s * 1000.0 / max(len(latencies), 1), 3),
+            }
+        alone = figures["alone"]
+        for name in processes:
+            if name != "alone":
+                figures[name]["over_alone"] = {
+                    key: round(figures[name][key] / alone[key], 3) if alone[key] else None
+                    for key in ("requests_per_second", "p50_ms", "p99_ms", "cpu_ms_per_request")
+                }
+        levels.append({"concurrency": level, **figures})
+    return {
+        "benchmark": "ranker",
+        "candidates": len(movie_ids),
+        "rounds": rounds,
+        "burst_s": burst_s,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.system()}",
+        "levels": levels,
+    }

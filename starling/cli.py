@@ -622,12 +622,37 @@ def bench_serve(
                 f"--compare {baseline_path}: not a `bench serve` JSON report ({exc})"
             ) from exc
 
-    try:
-        levels = [int(level) for level in concurrency.split(",") if level.strip()]
-    except ValueError as exc:
-        raise StarlingError(f"--concurrency {concurrency!r}: expected integers like 1,8") from exc
+    levels = _concurrency_levels(concurrency)
     report = run(workdir, duration_s, levels, k=k, target=target, baseline=baseline, profile_dir=profile_dir)
     click.echo(json.dumps(report))
+
+
+def _concurrency_levels(concurrency: str) -> list[int]:
+    try:
+        return [int(level) for level in concurrency.split(",") if level.strip()]
+    except ValueError as exc:
+        raise StarlingError(f"--concurrency {concurrency!r}: expected integers like 1,8") from exc
+
+
+@bench.command("ranker")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("work"), show_default=True)
+@click.option(
+    "--concurrency", default="1,8,32", show_default=True, help="Comma-separated concurrency levels."
+)
+@click.option("--rounds", type=int, default=6, show_default=True, help="Bursts per level and process.")
+@click.option("--burst", "burst_s", type=float, default=2.0, show_default=True, help="Seconds per burst.")
+@click.option("--candidates", type=int, default=500, show_default=True, help="Movies per request.")
+@click.option("--json", "as_json", is_flag=True, default=True, help="Print JSON (the default).")
+def bench_ranker(
+    workdir: Path, concurrency: str, rounds: int, burst_s: float, candidates: int, as_json: bool
+) -> None:
+    """The KServe ranker alone: every request scored alone vs batching under load vs batching with the
+    user-feature cache, three processes side by side with the load alternated in short bursts; req/s, p50/p99
+    and CPU per request, and the ratios to scoring alone."""
+    from services.bench import bench_ranker as run
+
+    levels = _concurrency_levels(concurrency)
+    click.echo(json.dumps(run(workdir, levels, rounds=rounds, burst_s=burst_s, candidates=candidates)))
 
 
 @bench.command("upsert")

@@ -341,3 +341,24 @@ def test_kserve_ranker_v2_grpc_rest_bad_input_and_hot_reload(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_bench_ranker_drives_three_ranker_processes_and_reports_their_ratios(
+    ml_small_trained: Path, tmp_path: Path
+) -> None:
+    from conftest import copy_workdir
+
+    from services.bench import RANKER_CONFIGS, bench_ranker
+
+    workdir = copy_workdir(ml_small_trained, tmp_path / "workdir")
+    report = bench_ranker(workdir, [1, 4], rounds=1, burst_s=0.4, candidates=100)
+    assert report["candidates"] == 100 and [level["concurrency"] for level in report["levels"]] == [1, 4]
+    for level in report["levels"]:
+        for name in RANKER_CONFIGS:
+            figures = level[name]
+            assert figures["requests"] > 0 and figures["errors"] == 0, (name, figures)
+            assert figures["cpu_ms_per_request"] > 0 and figures["p50_ms"] <= figures["p99_ms"]
+        assert level["batching"]["over_alone"]["requests_per_second"] == pytest.approx(
+            level["batching"]["requests_per_second"] / level["alone"]["requests_per_second"], abs=1e-3
+        )
