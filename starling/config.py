@@ -98,6 +98,15 @@ class Settings(BaseSettings):
     milvus_uri: str = Field(
         "", description="Milvus server URI, or empty for a milvus-lite file WORKDIR/milvus.db."
     )
+    recall_vector_search: Literal["auto", "milvus", "exact"] = Field(
+        "auto",
+        description="How recall finds the nearest item vectors: milvus (the vector index: milvus-lite, or the "
+        "server at milvus_uri), exact (an inner product with every vector, in memory) or auto: exact while the "
+        "catalog has at most recall_exact_max_movies movies and no Milvus server is configured, else milvus.",
+    )
+    recall_exact_max_movies: int = Field(
+        50_000, description="Largest catalog that recall_vector_search=auto searches exactly, in memory."
+    )
     recall_embedding: Literal["als"] = Field(
         "als", description="Item vectors in Milvus for the embedding channel: the recall state's ALS factors."
     )

@@ -340,6 +340,45 @@ def test_recall_and_candidate_services_with_milvus_lite(world, tmp_path: Path) -
     asyncio.run(scenario())
 
 
+def test_exact_vector_search_answers_what_milvus_answers(world, tmp_path: Path) -> None:
+    """Small catalogs search their vectors in memory (recall_vector_search=auto): the same lists as Milvus."""
+    from services.recall.server import vector_search
+
+    ratings, _, state, catalog = world
+    history = UserHistory.from_frame(ratings, 3.5)
+    settings = Settings(workdir=tmp_path, like_threshold=3.5)
+    milvus = RecallServicer(catalog, history, state, "v1", tmp_path, settings, str(tmp_path / "milvus.db"))
+    exact = RecallServicer(catalog, history, state, "v1", tmp_path, settings, None, exact_search=True)
+    assert exact.serving.index is None and milvus.serving.index is not None
+
+    class Context:
+        @staticmethod
+        def time_remaining() -> float:
+            return 10.0
+
+    async def answers(method: str, request: object) -> list[object]:
+        return [await getattr(servicer, method)(request, Context()) for servicer in (milvus, exact)]
+
+    users = np.unique(ratings["user_id"].to_numpy())[:20]
+    for user in users.tolist():
+        in_milvus, in_memory = asyncio.run(answers("Recall", recall_pb2.RecallRequest(user_id=user, n=60)))
+        assert "embedding" in in_memory.channels or not in_memory.user_has_embedding
+        assert in_milvus == in_memory, user
+    for movie in catalog.movie_ids[:20].tolist():
+        request = recall_pb2.SimilarMoviesRequest(movie_id=movie, k=10)
+        in_milvus, in_memory = asyncio.run(answers("SimilarMovies", request))
+        assert in_milvus == in_memory, movie
+    milvus.serving.index.close()
+
+    assert vector_search(Settings(), 9_742) == "exact"
+    assert vector_search(Settings(), 62_423) == "milvus"  # ml-25m's catalog: over recall_exact_max_movies
+    assert vector_search(Settings(milvus_uri="http://milvus:19530"), 9_742) == "milvus"
+    assert vector_search(Settings(recall_vector_search="milvus"), 10) == "milvus"
+    assert (
+        vector_search(Settings(recall_vector_search="exact", milvus_uri="http://m:19530"), 10**6) == "exact"
+    )
+
+
 def test_vector_index_reuses_complete_collection_and_drops_old_versions(tmp_path: Path) -> None:
     uri = str(tmp_path / "m.db")
     ids, vectors = np.arange(5), np.eye(5, dtype=np.float32)

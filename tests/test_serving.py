@@ -43,7 +43,9 @@ def stack(
     )
     pl.concat([ratings, late]).write_parquet(workdir / "ratings.parquet")
 
-    with running_stack(workdir, supervise=False) as settings:  # killed stages stay dead (fallback tests)
+    # Killed stages stay dead (fallback tests). Recall searches vectors in Milvus (milvus-lite) here; the other
+    # stacks of the tests search in memory, the default for a catalog this size.
+    with running_stack(workdir, supervise=False, recall_vector_search="milvus") as settings:
         channel = authorized_channel(f"127.0.0.1:{settings.recommend_port}", client_token(settings))
         try:
             names = [p.name for p in read_state(workdir)]

@@ -3,7 +3,8 @@
 Channels (each returns catalog rows, best first, already restricted to the eligible pool):
 - ease: EASE scores of the user's likes (services/recall/state.py);
 - item2item: co-liked neighbours of the user's recent likes, weighted by how recent each like is;
-- embedding: nearest ALS item vectors to the user's folded-in vector (Milvus online, exact search offline);
+- embedding: nearest ALS item vectors to the user's folded-in vector (found in memory by exact search, or by
+  Milvus for large catalogs and wherever a Milvus server serves; re-scored here, so both give the same rows);
 - new: the most popular recent releases;
 - genre: the most popular movies of the genres of the user's recent likes;
 - popular: like popularity with a tuned half-life; the whole list for users without history (cold start).

@@ -27,6 +27,7 @@ from services.recall.logic import (
     CHANNEL_PRIORITY,
     ChannelResult,
     ann_limit,
+    exact_nearest,
     nearest_channel,
     ordered_channel,
     recall,
@@ -52,7 +53,7 @@ class ServingState:
     version: str
     path: Path
     model: RecallModel
-    index: VectorIndex | None
+    index: VectorIndex | None  # None: nearest vectors by exact search (or none: see RecallServicer)
 
 
 def load_recall_state(workdir: Path) -> tuple[RecallState, str, Path, ContentTable]:
@@ -80,11 +81,15 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         settings: Settings,
         index_uri: str | None,
         content: ContentTable | None = None,
+        exact_search: bool = False,
     ) -> None:
+        """``index_uri``: the Milvus index of the item vectors; without it, ``exact_search`` finds the nearest
+        vectors in memory, else there is no embedding channel (nor vector neighbours in SimilarMovies)."""
         self.catalog = catalog
         self.history = history
         self.settings = settings
         self.index_uri = index_uri
+        self.searches_vectors = index_uri is not None or exact_search
         self.upserted_content = ContentTable.empty()  # text vectors that catalog upserts carried
         self.upserted_ids = np.empty(0, dtype=np.int64)  # every movie the catalog upserts added or changed
         self.content = content or ContentTable.empty()  # the published version's, with the upserts' on top
@@ -164,10 +169,13 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
                 log.exception("reload failed; still serving the previous recall state")
 
     async def _nearest(
-        self, index: VectorIndex, model: RecallModel, query: np.ndarray, limit: int, timeout: float | None
+        self, serving: ServingState, query: np.ndarray, limit: int, timeout: float | None
     ) -> np.ndarray:
-        ids, _ = await asyncio.to_thread(index.search, query, min(limit, MAX_LIMIT), timeout)
-        return model.positions(ids.ravel())
+        """Catalog rows of the ``limit`` vectors nearest ``query`` (inner product; -1: not in the catalog)."""
+        if serving.index is None:
+            return exact_nearest(serving.model, query, limit)
+        ids, _ = await asyncio.to_thread(serving.index.search, query, min(limit, MAX_LIMIT), timeout)
+        return serving.model.positions(ids.ravel())
 
     # ------------------------------------------------------------------------------------------ RPCs
     async def Recall(self, request: recall_pb2.RecallRequest, context: grpc.aio.ServicerContext):
@@ -189,11 +197,9 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         profile = user_profile(model, *self.history.latest(user_id), self.settings.like_threshold)
         scores = channel_scores(model, profile)
         ann_rows = np.empty(0, dtype=np.int64)
-        if scores.user_vector is not None and serving.index is not None and quotas.get("embedding"):
+        if scores.user_vector is not None and self.searches_vectors and quotas.get("embedding"):
             limit = ann_limit(model, eligible, quotas) + ANN_MARGIN
-            ann_rows = await self._nearest(
-                serving.index, model, scores.user_vector, limit, context.time_remaining()
-            )
+            ann_rows = await self._nearest(serving, scores.user_vector, limit, context.time_remaining())
         result = recall(model, profile, eligible, n, scores, ann_rows, quotas)
         return recall_pb2.RecallResponse(
             movie_ids=model.movie_ids[result.rows].tolist(),
@@ -225,10 +231,8 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         result = nearest_channel(
             "item2item", model.neighbour_rows[pos], model.neighbour_scores[pos], eligible, k
         )
-        if len(result.positions) < k and serving.index is not None and model.has_vector[pos]:
-            rows = await self._nearest(
-                serving.index, model, model.vectors[pos], k + 1, context.time_remaining()
-            )
+        if len(result.positions) < k and self.searches_vectors and model.has_vector[pos]:
+            rows = await self._nearest(serving, model.vectors[pos], k + 1, context.time_remaining())
             scores = model.vectors[np.maximum(rows, 0)] @ model.vectors[pos]
             more = nearest_channel("embedding", rows, scores, eligible, k)
             result = _append_new(result, more, k)
@@ -271,8 +275,21 @@ def build_servicer(
     catalog = Catalog.from_workdir(workdir)
     history = UserHistory.from_workdir(workdir, settings.like_threshold)
     state, version, path, content = load_recall_state(workdir)
-    index_uri = (settings.milvus_uri or str(workdir / "milvus.db")) if with_index else None
-    return RecallServicer(catalog, history, state, version, path, settings, index_uri, content)
+    exact = with_index and vector_search(settings, len(catalog.movie_ids)) == "exact"
+    index_uri = (settings.milvus_uri or str(workdir / "milvus.db")) if with_index and not exact else None
+    log.info("vector search", extra={"search": "exact" if exact else "milvus" if index_uri else "none"})
+    return RecallServicer(catalog, history, state, version, path, settings, index_uri, content, exact)
+
+
+def vector_search(settings: Settings, catalog_movies: int) -> str:
+    """``settings.recall_vector_search`` decided: "exact" or "milvus" (see starling/config.py). Searching a few
+    ten thousand vectors of 64 floats in memory takes a fraction of a millisecond, against milliseconds for a
+    round trip to Milvus; Milvus is for catalogs beyond that, and wherever a Milvus server is configured."""
+    if settings.recall_vector_search != "auto":
+        return settings.recall_vector_search
+    if settings.milvus_uri or catalog_movies > settings.recall_exact_max_movies:
+        return "milvus"
+    return "exact"
 
 
 def main() -> None:
