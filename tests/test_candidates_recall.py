@@ -274,8 +274,9 @@ def test_recall_and_candidate_services_with_milvus_lite(world, tmp_path: Path) -
             assert pool.known_user and 30 in pool.excluded_movie_ids
 
             recall_stub = recall_pb2_grpc.RecallServiceStub(channel)
+            # recall leaves out what the user rated by itself: the request carries the context's exclusions
             reply = await recall_stub.Recall(
-                recall_pb2.RecallRequest(user_id=2, n=10, excluded_movie_ids=pool.excluded_movie_ids)
+                recall_pb2.RecallRequest(user_id=2, n=10, excluded_movie_ids=[30])
             )
             ids = list(reply.movie_ids)
             assert len(ids) == 10 and len(set(ids)) == 10 and not set(ids) & set(pool.excluded_movie_ids)

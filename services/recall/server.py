@@ -190,8 +190,8 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
             eligible = catalog.genre_mask(tuple(request.genres))
         except ValueError as exc:
             raise InvalidArgument(f"genres: {exc}") from exc
-        excluded_pos = model.positions(excluded)
-        eligible[excluded_pos[excluded_pos >= 0]] = False
+        excluded_pos = model.positions(np.concatenate([excluded, self.history.rated(user_id)]))
+        eligible[excluded_pos[excluded_pos >= 0]] = False  # the request's exclusions and what the user rated
 
         quotas = {**model.params.quotas, **checked_quotas(request.quotas)}
         profile = user_profile(model, *self.history.latest(user_id), self.settings.like_threshold)

@@ -195,24 +195,15 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         STAGE_TIMINGS.set(timings)
         degraded: list[common_pb2.Degradation] = []  # every stage that fell back, for the response
 
-        # 1. candidates: the eligible pool, as exclusions + genre filter (shared by every arm).
-        try:
-            pool = await _timed(
-                "candidates",
-                self.candidates.GetCandidates(
-                    candidates_pb2.GetCandidatesRequest(user_id=req.user_id, context=request.context),
-                    timeout=self._budget(context, "candidates"),
-                ),
-            )
-            excluded, known_user = np.asarray(pool.excluded_movie_ids, dtype=np.int64), pool.known_user
-        except StageFailed as exc:
-            self._fallback(degraded, "candidates", f"{exc}; excluded only the request's exclusions")
-            excluded, known_user = req.excluded, True
+        # 1. candidates: the eligible pool (shared by every arm), asked for while recall runs: recall leaves
+        # out the user's rated movies itself, and the pool tells whether the user is known (the cold path)
+        # and what a popular fallback must leave out.
+        pool = asyncio.ensure_future(self._eligible_pool(req, request, context, degraded))
 
         # 2-4. recall, ranker, rerank: once, or once per arm of an interleaving experiment.
         served = await asyncio.gather(
             *(
-                self._serve_arm(req, request, context, excluded, known_user, overrides, request_id, degraded)
+                self._serve_arm(req, request, context, pool, overrides, request_id, degraded)
                 for overrides in plan.arm_overrides
             )
         )
@@ -272,19 +263,40 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             EXPOSURES.labels("failed").inc()
             FALLBACK_LOG.warning("exposures:OSError", "exposure log not written", error=str(exc))
 
+    async def _eligible_pool(
+        self,
+        req: ValidRequest,
+        request: recommend_pb2.RecommendRequest,
+        context: grpc.aio.ServicerContext,
+        degraded: list[common_pb2.Degradation],
+    ) -> tuple[np.ndarray, bool]:
+        """CandidateService's pool: the movies left out (rated or excluded by the context) and whether the user
+        has history; without it, the request's exclusions and a known user."""
+        try:
+            pool = await _timed(
+                "candidates",
+                self.candidates.GetCandidates(
+                    candidates_pb2.GetCandidatesRequest(user_id=req.user_id, context=request.context),
+                    timeout=self._budget(context, "candidates"),
+                ),
+            )
+            return np.asarray(pool.excluded_movie_ids, dtype=np.int64), pool.known_user
+        except StageFailed as exc:
+            self._fallback(degraded, "candidates", f"{exc}; excluded only the request's exclusions")
+            return req.excluded, True
+
     async def _serve_arm(
         self,
         req: ValidRequest,
         request: recommend_pb2.RecommendRequest,
         context: grpc.aio.ServicerContext,
-        excluded: np.ndarray,
-        known_user: bool,
+        pool: Awaitable[tuple[np.ndarray, bool]],
         overrides: Overrides,
         request_id: str,
         degraded: list[common_pb2.Degradation],
     ) -> ServedList:
         """Recall, rank and re-rank for one arm (``overrides``: the arm's knobs); stage failures fall back and
-        are recorded on ``degraded``."""
+        are recorded on ``degraded``. ``pool``: the eligible pool (:meth:`_eligible_pool`), being fetched."""
         ranked = Ranked(np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, object))
 
         # 2. recall: about 500 candidates from several channels.
@@ -295,7 +307,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                     recall_pb2.RecallRequest(
                         user_id=req.user_id,
                         n=overrides.recall_size or self.settings.recall_size,
-                        excluded_movie_ids=excluded.tolist(),
+                        excluded_movie_ids=req.excluded.tolist(),  # recall leaves out rated movies itself
                         genres=list(req.genres),
                         quotas=dict(overrides.recall_quotas or {}),
                     ),
@@ -315,6 +327,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         except StageFailed as exc:
             self._fallback(degraded, "recall", f"{exc}; served popular movies")
             user_genres, candidate_features, recall_answered = [], None, False
+            excluded, _ = await pool
             ranked.movie_ids, _ = popular_fallback(
                 self.catalog,
                 self.popularity_order,
@@ -325,6 +338,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             ranked.channels = np.full(len(ranked.movie_ids), "popular", dtype=object)
             ranked.because_ids = np.zeros(len(ranked.movie_ids), dtype=np.int64)
             ranked.because_by_text = np.zeros(len(ranked.movie_ids), dtype=bool)
+        _, known_user = await pool
         ranked.channels = cold_start_channels(ranked.channels, known_user)
 
         # 3. ranker (KServe, Open Inference Protocol v2 over gRPC) for users with history; the cold path keeps
