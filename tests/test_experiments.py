@@ -286,6 +286,25 @@ def test_team_draft_interleaving() -> None:
     assert sorted(ids.tolist()) == [1, 2, 3, 4], "when one arm runs out the other fills the list"
 
 
+def test_degradations_are_listed_once_each_in_pipeline_order() -> None:
+    """Two arms may fall back alike, and candidates and recall fail in whichever order their calls end."""
+    from services.recommend.logic import unique_degradations
+
+    def entry(stage: str, reason: str = "down") -> common_pb2.Degradation:
+        return common_pb2.Degradation(stage=stage, reason=reason)
+
+    degraded = [entry("rerank"), entry("recall"), entry("ranker"), entry("recall"), entry("candidates")]
+    degraded += [entry("features"), entry("recall", "other")]
+    assert [(d.stage, d.reason) for d in unique_degradations(degraded)] == [
+        ("candidates", "down"),
+        ("recall", "down"),
+        ("recall", "other"),
+        ("features", "down"),
+        ("ranker", "down"),
+        ("rerank", "down"),
+    ]
+
+
 def test_exposure_log_rotates_stays_bounded_and_skips_a_line_cut_by_a_crash(tmp_path: Path) -> None:
     from starling.exposures import ExposureLog, exposure_dir, read_exposures, segments
 

@@ -1,10 +1,13 @@
 """Batching under load: requests that arrive while the ranker is busy are scored together in one forward pass.
 
 The batcher never holds a request back to wait for others: when nothing is being scored, a request is scored
-at once (alone, so a request at concurrency 1 pays nothing). While a forward pass runs (in a worker thread, so
-the event loop keeps decoding and preprocessing the next requests), arriving requests queue; when it ends,
-everything queued for the same model is concatenated, up to ``max_rows`` rows, and scored in the next pass.
-Each request gets back exactly its own rows' scores.
+at once (alone; at concurrency 1 it pays only the hand-over to a worker thread). While a forward pass runs in
+that thread, the event loop keeps decoding and preprocessing the next requests, and they queue; when the pass
+ends, everything queued for the same model is concatenated, up to ``max_rows`` rows, and scored in the next
+pass. Each request gets back exactly its own rows' scores.
+
+Scoring a request alone on the event loop instead would look cheaper, but it never batches: preprocess and the
+forward pass do not yield, so while one runs no other request is even decoded.
 
 Rows are scored independently by every ranking model in eval mode, so a batched score is the same function of
 the row as an unbatched one (up to float rounding of a larger matrix product).

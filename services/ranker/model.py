@@ -79,7 +79,6 @@ class RankerModel(Model):
         self.state: RankerState | None = None
         self._store = None
         self._stop = threading.Event()
-        self._in_flight = 0  # requests between the start of preprocess and the end of predict
         self._batcher = MicroBatcher(
             partial(score_encoded, device=self.device), self.settings.ranker_batch_max_rows
         )
@@ -221,12 +220,7 @@ class RankerModel(Model):
         ]
 
     async def preprocess(self, payload: InferRequest | dict, headers: dict[str, str] | None = None) -> Any:
-        self._in_flight += 1  # until predict ends (only the event loop's thread counts)
-        try:
-            return self._checked_and_encoded(payload)
-        except BaseException:
-            self._in_flight -= 1
-            raise
+        return self._checked_and_encoded(payload)
 
     def _checked_and_encoded(self, payload: InferRequest | dict) -> Any:
         if not isinstance(payload, InferRequest):
@@ -279,14 +273,11 @@ class RankerModel(Model):
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> InferResponse:
         state, encoded, found, request_id = payload
-        try:
-            if self.settings.ranker_batch_max_rows > 0 and self._in_flight > 1:
-                scores = await self._batcher.submit(state.model, encoded)
-            else:  # alone (or batching off): on the loop, without a worker thread's hand-over
-                RANKER_BATCH_REQUESTS.observe(1)
-                scores = score_encoded(state.model, encoded, self.device)
-        finally:
-            self._in_flight -= 1
+        if self.settings.ranker_batch_max_rows > 0:  # in a worker thread, so the loop takes the next requests
+            scores = await self._batcher.submit(state.model, encoded)
+        else:  # batching off: on the loop, without a worker thread's hand-over
+            RANKER_BATCH_REQUESTS.observe(1)
+            scores = score_encoded(state.model, encoded, self.device)
         scores_out = InferOutput("scores", shape=[len(scores)], datatype="FP32")
         scores_out.set_data_from_numpy(scores, binary_data=True)
         found_out = InferOutput("user_features_found", shape=[1], datatype="BOOL")

@@ -123,15 +123,20 @@ def random_order_scores(n: int, request_id: str) -> np.ndarray:
     return (1.0 - rng.permutation(n) / max(n, 1)).astype(np.float32)
 
 
+PIPELINE_STAGES = ("candidates", "recall", "features", "ranker", "rerank")
+
+
 def unique_degradations(degraded: list[common_pb2.Degradation]) -> list[common_pb2.Degradation]:
-    """Each (stage, reason) once (two arms of an interleaving experiment may fall back alike)."""
+    """Each (stage, reason) once (two arms of an interleaving experiment may fall back alike), in pipeline
+    order: candidates and recall are asked in parallel, so the order they fail in says nothing."""
     seen: set[tuple[str, str]] = set()
     unique = []
     for entry in degraded:
         if (entry.stage, entry.reason) not in seen:
             seen.add((entry.stage, entry.reason))
             unique.append(entry)
-    return unique
+    order = {stage: position for position, stage in enumerate(PIPELINE_STAGES)}
+    return sorted(unique, key=lambda entry: order.get(entry.stage, len(order)))
 
 
 def exposure_record(
