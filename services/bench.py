@@ -315,10 +315,10 @@ def bench_upsert(workdir: Path, n: int = 200, visible_sample: int = 20, rate: fl
 
 
 # ------------------------------------------------------------------------------------------------ ranker
-RANKER_CONFIGS: dict[str, dict[str, int]] = {  # setting overrides per ranker process
-    "alone": {"ranker_batch_max_rows": 0, "ranker_user_cache_size": 0},
-    "batching": {"ranker_user_cache_size": 0},
-    "batching_and_cache": {},  # the defaults
+RANKER_CONFIGS: dict[str, dict[str, int | str]] = {  # setting overrides per ranker process: one change each
+    "alone": {"ranker_batching": "off", "ranker_user_cache_size": 0},
+    "batching": {"ranker_batching": "on", "ranker_user_cache_size": 0},
+    "user_cache": {"ranker_batching": "off"},
 }
 
 
@@ -374,8 +374,9 @@ def bench_ranker(
     workdir: Path, concurrency: list[int], rounds: int = 6, burst_s: float = 2.0, candidates: int = 500
 ) -> dict[str, Any]:
     """The KServe ranker alone, three processes side by side on WORKDIR's published model and online store:
-    every request scored alone ("alone"), batching under load ("batching", services/ranker/batching.py) and
-    batching with the user-feature cache ("batching_and_cache", the default). The load alternates between
+    every request scored alone with no cache ("alone"), batching under load ("batching",
+    services/ranker/batching.py) and the user-feature cache ("user_cache", the CPU default), each one change
+    from "alone". The load alternates between
     them in short bursts (``rounds`` per level), so that a machine whose speed drifts treats each alike; each
     request scores ``candidates`` catalog movies (candidate features missing) for a random rater. Per level and
     process: req/s, p50/p99 ms, the ranker's CPU ms per request, and each figure over "alone"'s."""
@@ -455,3 +456,141 @@ def bench_ranker(
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.system()}",
         "levels": levels,
     }
+
+
+# ----------------------------------------------------------------------------------------------- history
+FEEDBACK_BATCH = 1000  # RecordFeedback's most events per call
+
+
+def _recommend_timed(stub: Any, user_id: int, k: int) -> tuple[float, list[int], dict[str, float]]:
+    """One Recommend: (client ms, the movie ids, the per-stage ms of the trailing metadata)."""
+    start = time.perf_counter()
+    response, call = stub.Recommend.with_call(
+        recommend_pb2.RecommendRequest(user_id=user_id, k=k), timeout=10
+    )
+    elapsed = (time.perf_counter() - start) * 1000.0
+    stages = {}
+    for key, value in call.trailing_metadata() or ():
+        if key == STAGE_TIMINGS_KEY and value:
+            stages = {stage: float(ms) for stage, ms in (part.split("=") for part in value.split(","))}
+    return elapsed, [item.movie_id for item in response.items], stages
+
+
+def bench_history(
+    workdir: Path, ratings: int = 20_000, duration_s: float = 10.0, k: int = 20, seed: int = 0
+) -> dict[str, Any]:
+    """Recommend latency for a user with a long history against light users, at concurrency 1, the two kinds
+    of request alternated in one run. A new user rates ``ratings`` distinct movies (at most 80% of the
+    catalog, so something is left to recommend) through RecordFeedback, the real-time path; light users are
+    raters with at most the median number of ratings. Runs on a private copy of WORKDIR with its own stack on
+    free ports, so the heavy user never enters WORKDIR. Every heavy answer is checked to hold no rated movie."""
+    import tempfile
+
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from starling.auth import authorized_channel, client_token
+    from starling.local import copy_workdir, down, up_on_free_ports
+    from starling.v1 import catalog_pb2, catalog_pb2_grpc
+
+    if ratings < 1 or duration_s <= 0 or k < 1:
+        raise StarlingError("--ratings must be >= 1, --duration > 0 and --k >= 1")
+    source = Path(workdir).resolve()
+    if not (source / "models" / "current").exists():
+        raise StarlingError(f"{source}: no published model (run `make demo` or `starling train` first)")
+    history = pl.read_parquet(source / "ratings.parquet", columns=["user_id", "movie_id"])
+    catalog = pl.read_parquet(source / "movies.parquet", columns=["movie_id"])["movie_id"].to_numpy()
+    counts = history.group_by("user_id").len()
+    light_users = counts.filter(pl.col("len") <= pl.col("len").median())["user_id"].to_numpy()
+    heavy_user = int(counts["user_id"].max()) + 1
+    rng = np.random.default_rng(seed)
+    n_rated = min(ratings, int(len(catalog) * 0.8))
+    rated = rng.choice(catalog, size=n_rated, replace=False)
+    stars = rng.integers(1, 11, size=n_rated) / 2.0
+    now = time.time()
+    with tempfile.TemporaryDirectory(prefix="starling-bench-history-") as tmp:
+        copy = Path(tmp) / "workdir"
+        copy_workdir(source, copy)
+        settings = up_on_free_ports(copy, get_settings().model_copy(update={"workdir": copy}))
+        try:
+            channel = authorized_channel(f"127.0.0.1:{settings.recommend_port}", client_token(settings))
+            stub = recommend_pb2_grpc.RecommendServiceStub(channel)
+            catalog_stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+            written_at = time.perf_counter()
+            for start in range(0, n_rated, FEEDBACK_BATCH):
+                events = []
+                for offset in range(start, min(start + FEEDBACK_BATCH, n_rated)):  # building the request
+                    when = Timestamp()
+                    when.FromNanoseconds(int((now - (n_rated - offset)) * 1e9))  # one a second, oldest first
+                    events.append(
+                        recommend_pb2.FeedbackEvent(
+                            user_id=heavy_user,
+                            movie_id=int(rated[offset]),
+                            kind=recommend_pb2.FEEDBACK_KIND_RATING,
+                            rating=float(stars[offset]),
+                            time=when,
+                        )
+                    )
+                reply = stub.RecordFeedback(recommend_pb2.RecordFeedbackRequest(events=events), timeout=60)
+                if reply.rejected:
+                    raise StarlingError(
+                        f"RecordFeedback rejected {reply.rejected} of the heavy user's ratings"
+                    )
+            rated_set = set(rated.tolist())
+            deadline = time.monotonic() + 120
+            while True:  # until every stage has followed the ratings: the catalog counts them, none is served
+                total = catalog_stub.ListUserRatings(
+                    catalog_pb2.ListUserRatingsRequest(user_id=heavy_user, limit=1), timeout=10
+                ).total
+                _, answer, _ = _recommend_timed(stub, heavy_user, k)
+                if total == n_rated and not rated_set.intersection(answer):
+                    break
+                if time.monotonic() > deadline:
+                    raise StarlingError(f"the heavy user's {n_rated} ratings were not followed within 120 s")
+                time.sleep(0.2)
+            followed_s = time.perf_counter() - written_at
+            waited = wait_until_quiet(copy)
+            for i in range(WARMUP_REQUESTS):
+                _recommend_timed(stub, heavy_user if i % 2 else int(rng.choice(light_users)), k)
+            latencies: dict[str, list[float]] = {"light": [], "heavy": []}
+            stages: dict[str, dict[str, list[float]]] = {"light": {}, "heavy": {}}
+            served_rated = 0
+            deadline = time.perf_counter() + duration_s
+            turn = 0
+            while time.perf_counter() < deadline:
+                kind = "heavy" if turn % 2 else "light"
+                user = heavy_user if kind == "heavy" else int(rng.choice(light_users))
+                ms, answer, stage_ms = _recommend_timed(stub, user, k)
+                latencies[kind].append(ms)
+                for stage, value in stage_ms.items():
+                    stages[kind].setdefault(stage, []).append(value)
+                if kind == "heavy":
+                    served_rated += len(rated_set.intersection(answer))
+                turn += 1
+            channel.close()
+        finally:
+            down(copy)
+    report: dict[str, Any] = {
+        "benchmark": "history",
+        "k": k,
+        "concurrency": 1,
+        "duration_s": duration_s,
+        "heavy_user_ratings": n_rated,
+        "light_user_ratings_max": int(counts["len"].median()),
+        "ratings_followed_s": round(followed_s, 2),
+        "waited_for_quiet_s": waited,
+        "rated_movies_served_to_heavy_user": served_rated,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.system()}",
+    }
+    for kind in ("light", "heavy"):
+        report[kind] = {
+            "requests": len(latencies[kind]),
+            **_quantiles(latencies[kind]),
+            "stages": {
+                stage: {key: v for key, v in _quantiles(ms).items() if key != "p95_ms"}
+                for stage, ms in stages[kind].items()
+            },
+        }
+    report["heavy_over_light"] = {
+        name: round(report["heavy"][name] / report["light"][name], 3) for name in ("p50_ms", "p99_ms")
+    }
+    return report

@@ -646,9 +646,9 @@ def _concurrency_levels(concurrency: str) -> list[int]:
 def bench_ranker(
     workdir: Path, concurrency: str, rounds: int, burst_s: float, candidates: int, as_json: bool
 ) -> None:
-    """The KServe ranker alone: every request scored alone vs batching under load vs batching with the
-    user-feature cache, three processes side by side with the load alternated in short bursts; req/s, p50/p99
-    and CPU per request, and the ratios to scoring alone."""
+    """The KServe ranker alone: every request scored alone vs batching under load vs the user-feature cache,
+    three processes side by side with the load alternated in short bursts; req/s, p50/p99 and CPU per request,
+    and the ratios to scoring alone."""
     from services.bench import bench_ranker as run
 
     levels = _concurrency_levels(concurrency)
@@ -678,6 +678,27 @@ def bench_upsert(workdir: Path, n: int, visible_sample: int, rate: float) -> Non
     from services.bench import bench_upsert as run
 
     click.echo(json.dumps(run(workdir, n, visible_sample, rate)))
+
+
+@bench.command("history")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("work"), show_default=True)
+@click.option(
+    "--ratings",
+    type=click.IntRange(1),
+    default=20_000,
+    show_default=True,
+    help="Distinct movies the heavy user rates (at most 80% of the catalog).",
+)
+@click.option(
+    "--duration", "duration_s", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True
+)
+@click.option("--k", type=click.IntRange(1), default=20, show_default=True)
+def bench_history(workdir: Path, ratings: int, duration_s: float, k: int) -> None:
+    """Recommend latency (p50/p99 ms, per stage) of a user with a long history against light users, at
+    concurrency 1, alternated in one run, on a private copy of WORKDIR and its own stack."""
+    from services.bench import bench_history as run
+
+    click.echo(json.dumps(run(workdir, ratings, duration_s, k)))
 
 
 # --------------------------------------------------------------------------------------------------- demo

@@ -126,11 +126,15 @@ class Settings(BaseSettings):
     ranker_torch_threads: int = Field(1, description="torch intra-op threads of the ranker (CPU).")
     ranker_max_movies: int = Field(2000, description="Most movies one ranker request may score.")
     ranker_model_name: str = Field("starling-ranker", description="KServe model name of the ranker.")
+    ranker_batching: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Batching under load: requests that queue while a forward pass runs (in a worker thread) "
+        "are scored together in the next (services/ranker/batching.py). auto = on CUDA only: on CPU it gained "
+        "no throughput and cost 6-25% more CPU per request (README, bench ranker). off = every request alone, "
+        "on the event loop.",
+    )
     ranker_batch_max_rows: int = Field(
-        8192,
-        description="Batching under load: requests that queue while the ranker scores are scored together, up "
-        "to this many rows in one forward pass (services/ranker/batching.py); 0 = every request alone, on the "
-        "event loop.",
+        8192, ge=1, description="Most rows in one batched forward pass (a request alone may have more)."
     )
     ranker_user_cache_size: int = Field(
         100_000,

@@ -73,6 +73,7 @@ def _start_ranker(workdir: Path, grpc_port: int, http_port: int, log: Path) -> s
         STARLING_RANKER_GRPC_PORT=str(grpc_port),
         STARLING_RANKER_HTTP_PORT=str(http_port),
         STARLING_RANKER_REFRESH_S="0.5",
+        STARLING_RANKER_BATCHING="on",  # auto batches on CUDA only
     )
     return subprocess.Popen(
         [sys.executable, "-m", "services.ranker.server"],

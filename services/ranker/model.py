@@ -76,6 +76,9 @@ class RankerModel(Model):
         self.version = version  # None: the published model, followed across publishes; else pinned
         self.settings = settings or get_settings()
         self.device = pick_device(self.settings.ranker_device)
+        self.batching = self.settings.ranker_batching == "on" or (
+            self.settings.ranker_batching == "auto" and self.device.type == "cuda"
+        )
         self.state: RankerState | None = None
         self._store = None
         self._stop = threading.Event()
@@ -273,7 +276,7 @@ class RankerModel(Model):
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> InferResponse:
         state, encoded, found, request_id = payload
-        if self.settings.ranker_batch_max_rows > 0:  # in a worker thread, so the loop takes the next requests
+        if self.batching:  # in a worker thread, so the loop takes the next requests
             scores = await self._batcher.submit(state.model, encoded)
         else:  # batching off: on the loop, without a worker thread's hand-over
             RANKER_BATCH_REQUESTS.observe(1)
