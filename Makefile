@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 WORKDIR ?= work
 DATASET ?= ml-latest-small
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup demo test test-fast docs-figures lint format clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+docs-figures: setup  ## re-run the tests that draw the README's figures and screenshots, writing them to docs/
+	STARLING_UPDATE_DOCS=1 $(BIN)/python -m pytest tests/test_experiments_simulated.py tests/test_web.py
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"

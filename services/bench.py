@@ -574,6 +574,7 @@ def bench_history(
         "k": k,
         "concurrency": 1,
         "duration_s": duration_s,
+        "heavy_user_id": heavy_user,
         "heavy_user_ratings": n_rated,
         "light_user_ratings_max": int(counts["len"].median()),
         "ratings_followed_s": round(followed_s, 2),

@@ -103,6 +103,15 @@ def synthetic_trained(synthetic_features: Path, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(scope="session")
+def docs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where tests write the README's figures and screenshots: docs/ with STARLING_UPDATE_DOCS=1 (`make
+    docs-figures`), else a temporary folder, so that `make test` leaves the checkout as it found it."""
+    if os.environ.get("STARLING_UPDATE_DOCS") == "1":
+        return REPO_ROOT / "docs"
+    return tmp_path_factory.mktemp("docs")
+
+
+@pytest.fixture(scope="session")
 def free_port() -> Callable[[], int]:
     """Returns a function giving a TCP port that was free a moment ago."""
     from starling.local import free_port as pick

@@ -877,3 +877,32 @@ def test_fallbacks_as_stages_die_one_by_one(stack) -> None:
     )
     scores = [item.score for item in response.items]
     assert scores == sorted(scores, reverse=True), "without rerank: top k by score"
+
+
+def test_bench_history_serves_a_heavy_user_nothing_they_rated(ml_small_trained: Path) -> None:
+    """`starling bench history`: a new user rates thousands of movies through RecordFeedback on a private copy;
+    their answers never hold a rated movie and both kinds of request are measured."""
+    import json
+
+    import polars as pl
+    from click.testing import CliRunner
+
+    from starling.cli import cli
+    from starling.events import RATING_STREAM, read_all
+
+    before = pl.read_parquet(ml_small_trained / "ratings.parquet").height
+    result = CliRunner().invoke(
+        cli,
+        ["bench", "history", "--workdir", str(ml_small_trained), "--ratings", "3000", "--duration", "1"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["benchmark"] == "history" and report["heavy_user_ratings"] == 3000
+    assert report["rated_movies_served_to_heavy_user"] == 0
+    for kind in ("light", "heavy"):
+        assert report[kind]["requests"] > 0 and 0 < report[kind]["p50_ms"] <= report[kind]["p99_ms"]
+        assert {"recall", "ranker"} <= set(report[kind]["stages"]), report[kind]["stages"]
+    assert report["heavy_over_light"]["p99_ms"] > 0
+    assert pl.read_parquet(ml_small_trained / "ratings.parquet").height == before, "it ran on a copy"
+    events = read_all(ml_small_trained, RATING_STREAM)
+    assert events.is_empty() or report["heavy_user_id"] not in events["user_id"].to_list(), "it ran on a copy"
