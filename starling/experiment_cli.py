@@ -46,8 +46,8 @@ def experiment_report(
     workdir: Path, name: str, as_json: bool, window_days: float, users_needed: bool, signal: str
 ) -> None:
     """Report experiment NAME from WORKDIR's exposure log and feedback: per-arm rates with 95% intervals and
-    tests against the control plus a sample-ratio-mismatch check (A/B), or wins, losses and a sign test
-    (interleaving); the plot goes to WORKDIR/reports/experiment-NAME.png."""
+    tests against the control plus a sample-ratio-mismatch check (A/B), or the per-user difference of credits
+    with a paired t-test, wins, losses and a sign test (interleaving); the plot goes to WORKDIR/reports/experiment-NAME.png."""
     from services.common.experiments import load_config
     from starling.config import get_settings
     from training.experiment_report import experiment_report as run
@@ -80,5 +80,5 @@ def experiment_report(
         needed = report["users_needed"]
         found = needed["users_needed"] or f"more than {needed['tried'][-1]['users']}"
         powers = ", ".join(f"{t['users']}: {t['power']:.0%}" for t in needed["tried"])
-        text += f"\nusers needed for 80% power at p < 0.05 ({signal}s): {found} (power by users: {powers})"
+        text += f"\nusers needed for 80% power at p < 0.05 ({signal}s, {needed['test']}): {found} (power by users: {powers})"
     click.echo(json.dumps(report, indent=2) if as_json else text)

@@ -303,6 +303,10 @@ def test_interleaving_wins_losses_ties(tmp_path: Path) -> None:
     assert result["credits"] == {"a": 3, "b": 3} and result["users_with_credits"] == 3
     assert result["items_by_arm"] == {"a": 10, "b": 10}
     assert result["p"] == pytest.approx(1.0) and result["preferred"] is None
+    assert result["sign_test"]["p"] == pytest.approx(1.0)
+    assert result["difference_per_user"]["value"] == 0.0  # b - a per user: +1, -1, 0, 0, 0
+    low, high = result["difference_per_user"]["ci95"]
+    assert low < 0 < high
     assert report["bucket"] in {name for name, _ in BUCKETS} and Path(report["plot"]).is_file()
 
 
@@ -325,7 +329,37 @@ def test_interleaving_planted_preference(tmp_path: Path) -> None:
     assert result["wins"] > 2 * result["losses"] and result["p"] < 1e-6
     assert result["preferred"] == "treatment"
     assert result["wins"] + result["losses"] + result["ties"] == users
+    assert result["sign_test"]["p"] < 1e-6 and result["difference_per_user"]["ci95"][0] > 0
     assert "preferred: treatment" in format_report(report)
+
+    from training.experiment_report import users_needed
+
+    steps = (10, 20, 40, 80, 160, 320)
+    by_t = users_needed(tmp_path, "ranker-interleaving", steps=steps, resamples=100)
+    by_sign = users_needed(
+        tmp_path, "ranker-interleaving", steps=steps, resamples=100, interleaving_test="sign"
+    )
+    assert (by_t["kind"], by_t["test"], by_sign["test"]) == ("interleaving", "paired t-test", "sign test")
+    assert by_t["users_needed"] is not None and by_sign["users_needed"] is not None, (by_t, by_sign)
+    with pytest.raises(StarlingError, match="interleaving_test must be t or sign"):
+        users_needed(tmp_path, "ranker-interleaving", interleaving_test="z")
+
+
+def test_paired_t_matches_scipy() -> None:
+    from scipy import stats
+
+    from training.experiment_report import paired_t
+
+    rng = np.random.default_rng(3)
+    differences = rng.integers(-2, 4, size=(5, 30)).astype(np.float64)
+    mean, p, half = paired_t(differences)
+    for row in range(5):
+        expected = stats.ttest_1samp(differences[row], 0.0)
+        assert p[row] == pytest.approx(expected.pvalue)
+        low, high = expected.confidence_interval(0.95)
+        assert (mean[row] - half[row], mean[row] + half[row]) == pytest.approx((low, high))
+    constant = paired_t(np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))[1]
+    assert constant.tolist() == [1.0, 0.0], "no spread: no difference is p 1, a constant one is p 0"
 
 
 # ------------------------------------------------------------------------------------------------- errors, CLI

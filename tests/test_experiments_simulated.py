@@ -34,7 +34,7 @@ INTERLEAVING = {
     "type": "interleaving",
     "arms": ARMS,
 }
-STEPS = (20, 40, 80, 120, 160, 240, 320, 400)  # at most the users of a design
+STEPS = (20, 30, 40, 60, 80, 120, 160, 240, 320, 400)  # at most the users of a design
 ROUNDS = 5
 FIGURES = "experiment-figures.json"
 
@@ -131,6 +131,9 @@ def test_ab_and_interleaving_find_the_better_ranker_and_replay_agrees(stack, doc
     assert interleaving["preferred"] == "model" and interleaving["p"] < 0.05, (interleaving, il_run.summary())
     il_needed = users_needed(workdir, "ranker-interleaving", shares, steps=STEPS)
     il_needed_ratings = users_needed(workdir, "ranker-interleaving", shares, steps=STEPS, signal="rating")
+    il_needed_sign = users_needed(
+        workdir, "ranker-interleaving", shares, steps=STEPS, interleaving_test="sign"
+    )
     # How many users each design needs (80% bootstrap power) is measured and written for the README, not
     # asserted: it varies from run to run (the random arm differs per request, the model per training).
 
@@ -152,9 +155,12 @@ def test_ab_and_interleaving_find_the_better_ranker_and_replay_agrees(stack, doc
                 "interleaving": {
                     "users": interleaving["users"],
                     "wins_losses_ties": [interleaving["wins"], interleaving["losses"], interleaving["ties"]],
+                    "difference_per_user": interleaving["difference_per_user"],
                     "p": interleaving["p"],
+                    "sign_test_p": interleaving["sign_test"]["p"],
                     "users_needed": il_needed,
                     "users_needed_ratings": il_needed_ratings,
+                    "users_needed_sign_test": il_needed_sign,
                 },
                 "replay": replayed,
             },
