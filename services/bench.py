@@ -12,6 +12,8 @@ import asyncio
 import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +240,27 @@ def bench_serve(
 
 
 # ------------------------------------------------------------------------------------------------ upsert
+@contextmanager
+def private_stack(workdir: Path, purpose: str) -> Iterator[tuple[Path, Any]]:
+    """(the copy, its settings): every service of `starling up` on a private copy of WORKDIR (which must have a
+    published model), on free ports, stopped and deleted on exit, so a benchmark's writes never reach WORKDIR."""
+    import tempfile
+
+    from starling.local import copy_workdir, down, up_on_free_ports
+
+    source = Path(workdir).resolve()
+    if not (source / "models" / "current").exists():
+        raise StarlingError(f"{source}: no published model (run `make demo` or `starling train` first)")
+    with tempfile.TemporaryDirectory(prefix=f"starling-bench-{purpose}-") as tmp:
+        copy = Path(tmp) / "workdir"
+        copy_workdir(source, copy)
+        settings = up_on_free_ports(copy, get_settings().model_copy(update={"workdir": copy}))
+        try:
+            yield copy, settings
+        finally:
+            down(copy)
+
+
 def bench_upsert(workdir: Path, n: int = 200, visible_sample: int = 20, rate: float = 4.0) -> dict[str, Any]:
     """UpsertMovie latency (client side, one at a time, started ``rate`` times a second; 0 = back to back)
     with the text encoder on the write path, and how long recall takes to place the new movie (SimilarMovies
@@ -245,61 +268,47 @@ def bench_upsert(workdir: Path, n: int = 200, visible_sample: int = 20, rate: fl
     back the machine is busy with the previous movies while the next is written; a catalog grows by a few
     movies a minute, so the default paces them. Runs on a private copy of WORKDIR with its own stack on free
     ports, so the benchmark's movies never enter WORKDIR's catalog."""
-    import tempfile
-
     from starling.auth import authorized_channel, client_token
     from starling.events import MOVIE_STREAM, read_all
-    from starling.local import copy_workdir, down, up_on_free_ports
     from starling.v1 import catalog_pb2, catalog_pb2_grpc, recall_pb2, recall_pb2_grpc
 
     if n < 1 or visible_sample < 0 or rate < 0:
         raise StarlingError("--n must be >= 1, --visible-sample >= 0 and --rate >= 0")
-    source = Path(workdir).resolve()
-    if not (source / "models" / "current").exists():
-        raise StarlingError(f"{source}: no published model (run `make demo` or `starling train` first)")
     genres = [["Animation", "Children", "Comedy"], ["Horror", "Thriller"], ["Drama", "Romance"], ["Sci-Fi"]]
-    with tempfile.TemporaryDirectory(prefix="starling-bench-upsert-") as tmp:
-        copy = Path(tmp) / "workdir"
-        copy_workdir(source, copy)
-        settings = up_on_free_ports(copy, get_settings().model_copy(update={"workdir": copy}))
-        try:
-            admin = authorized_channel(f"127.0.0.1:{settings.admin_port}", client_token(settings))
-            catalog = catalog_pb2_grpc.CatalogServiceStub(admin)
-            recall = recall_pb2_grpc.RecallServiceStub(
-                grpc.insecure_channel(f"127.0.0.1:{settings.recall_port}")
+    with private_stack(workdir, "upsert") as (copy, settings):
+        admin = authorized_channel(f"127.0.0.1:{settings.admin_port}", client_token(settings))
+        catalog = catalog_pb2_grpc.CatalogServiceStub(admin)
+        recall = recall_pb2_grpc.RecallServiceStub(grpc.insecure_channel(f"127.0.0.1:{settings.recall_port}"))
+
+        def upsert(i: int) -> tuple[int, float]:
+            movie = catalog_pb2.Movie(
+                title=f"Starling Bench {i}: The Return", release_year=2026, genres=genres[i % len(genres)]
             )
+            start = time.perf_counter()
+            reply = catalog.UpsertMovie(catalog_pb2.UpsertMovieRequest(movie=movie), timeout=120)
+            return reply.movie.movie_id, (time.perf_counter() - start) * 1000.0
 
-            def upsert(i: int) -> tuple[int, float]:
-                movie = catalog_pb2.Movie(
-                    title=f"Starling Bench {i}: The Return", release_year=2026, genres=genres[i % len(genres)]
-                )
+        first_ms = upsert(0)[1]  # waits for the encoder if it is still loading
+        for i in range(1, 6):
+            upsert(i)
+        latencies, visible = [], []
+        next_start = time.perf_counter()
+        for i in range(6, 6 + n):
+            time.sleep(max(0.0, next_start - time.perf_counter()))
+            next_start = time.perf_counter() + (1.0 / rate if rate else 0.0)
+            movie_id, ms = upsert(i)
+            latencies.append(ms)
+            if len(visible) < visible_sample:
                 start = time.perf_counter()
-                reply = catalog.UpsertMovie(catalog_pb2.UpsertMovieRequest(movie=movie), timeout=120)
-                return reply.movie.movie_id, (time.perf_counter() - start) * 1000.0
-
-            first_ms = upsert(0)[1]  # waits for the encoder if it is still loading
-            for i in range(1, 6):
-                upsert(i)
-            latencies, visible = [], []
-            next_start = time.perf_counter()
-            for i in range(6, 6 + n):
-                time.sleep(max(0.0, next_start - time.perf_counter()))
-                next_start = time.perf_counter() + (1.0 / rate if rate else 0.0)
-                movie_id, ms = upsert(i)
-                latencies.append(ms)
-                if len(visible) < visible_sample:
-                    start = time.perf_counter()
-                    while time.perf_counter() - start < 10:
-                        found = recall.SimilarMovies(recall_pb2.SimilarMoviesRequest(movie_id=movie_id, k=5))
-                        if found.found and len(found.movie_ids):
-                            visible.append((time.perf_counter() - start) * 1000.0)
-                            break
-                        time.sleep(0.005)
-            events = read_all(copy, MOVIE_STREAM)
-            with_vector = int(events["content"].is_not_null().sum())
-            admin.close()
-        finally:
-            down(copy)
+                while time.perf_counter() - start < 10:
+                    found = recall.SimilarMovies(recall_pb2.SimilarMoviesRequest(movie_id=movie_id, k=5))
+                    if found.found and len(found.movie_ids):
+                        visible.append((time.perf_counter() - start) * 1000.0)
+                        break
+                    time.sleep(0.005)
+        events = read_all(copy, MOVIE_STREAM)
+        with_vector = int(events["content"].is_not_null().sum())
+        admin.close()
     return {
         "benchmark": "upsert",
         "upserts": n,
@@ -484,91 +493,77 @@ def bench_history(
     catalog, so something is left to recommend) through RecordFeedback, the real-time path; light users are
     raters with at most the median number of ratings. Runs on a private copy of WORKDIR with its own stack on
     free ports, so the heavy user never enters WORKDIR. Every heavy answer is checked to hold no rated movie."""
-    import tempfile
-
     from google.protobuf.timestamp_pb2 import Timestamp
 
     from starling.auth import authorized_channel, client_token
-    from starling.local import copy_workdir, down, up_on_free_ports
     from starling.v1 import catalog_pb2, catalog_pb2_grpc
 
     if ratings < 1 or duration_s <= 0 or k < 1:
         raise StarlingError("--ratings must be >= 1, --duration > 0 and --k >= 1")
-    source = Path(workdir).resolve()
-    if not (source / "models" / "current").exists():
-        raise StarlingError(f"{source}: no published model (run `make demo` or `starling train` first)")
-    history = pl.read_parquet(source / "ratings.parquet", columns=["user_id", "movie_id"])
-    catalog = pl.read_parquet(source / "movies.parquet", columns=["movie_id"])["movie_id"].to_numpy()
-    counts = history.group_by("user_id").len()
-    light_users = counts.filter(pl.col("len") <= pl.col("len").median())["user_id"].to_numpy()
-    heavy_user = int(counts["user_id"].max()) + 1
-    rng = np.random.default_rng(seed)
-    n_rated = min(ratings, int(len(catalog) * 0.8))
-    rated = rng.choice(catalog, size=n_rated, replace=False)
-    stars = rng.integers(1, 11, size=n_rated) / 2.0
-    now = time.time()
-    with tempfile.TemporaryDirectory(prefix="starling-bench-history-") as tmp:
-        copy = Path(tmp) / "workdir"
-        copy_workdir(source, copy)
-        settings = up_on_free_ports(copy, get_settings().model_copy(update={"workdir": copy}))
-        try:
-            channel = authorized_channel(f"127.0.0.1:{settings.recommend_port}", client_token(settings))
-            stub = recommend_pb2_grpc.RecommendServiceStub(channel)
-            catalog_stub = catalog_pb2_grpc.CatalogServiceStub(channel)
-            written_at = time.perf_counter()
-            for start in range(0, n_rated, FEEDBACK_BATCH):
-                events = []
-                for offset in range(start, min(start + FEEDBACK_BATCH, n_rated)):  # building the request
-                    when = Timestamp()
-                    when.FromNanoseconds(int((now - (n_rated - offset)) * 1e9))  # one a second, oldest first
-                    events.append(
-                        recommend_pb2.FeedbackEvent(
-                            user_id=heavy_user,
-                            movie_id=int(rated[offset]),
-                            kind=recommend_pb2.FEEDBACK_KIND_RATING,
-                            rating=float(stars[offset]),
-                            time=when,
-                        )
+    with private_stack(workdir, "history") as (copy, settings):
+        history = pl.read_parquet(copy / "ratings.parquet", columns=["user_id", "movie_id"])
+        catalog = pl.read_parquet(copy / "movies.parquet", columns=["movie_id"])["movie_id"].to_numpy()
+        counts = history.group_by("user_id").len()
+        light_users = counts.filter(pl.col("len") <= pl.col("len").median())["user_id"].to_numpy()
+        heavy_user = int(counts["user_id"].max()) + 1
+        rng = np.random.default_rng(seed)
+        n_rated = min(ratings, int(len(catalog) * 0.8))
+        rated = rng.choice(catalog, size=n_rated, replace=False)
+        stars = rng.integers(1, 11, size=n_rated) / 2.0
+        now = time.time()
+        channel = authorized_channel(f"127.0.0.1:{settings.recommend_port}", client_token(settings))
+        stub = recommend_pb2_grpc.RecommendServiceStub(channel)
+        catalog_stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        written_at = time.perf_counter()
+        for start in range(0, n_rated, FEEDBACK_BATCH):
+            events = []
+            for offset in range(start, min(start + FEEDBACK_BATCH, n_rated)):  # building the request
+                when = Timestamp()
+                when.FromNanoseconds(int((now - (n_rated - offset)) * 1e9))  # one a second, oldest first
+                events.append(
+                    recommend_pb2.FeedbackEvent(
+                        user_id=heavy_user,
+                        movie_id=int(rated[offset]),
+                        kind=recommend_pb2.FEEDBACK_KIND_RATING,
+                        rating=float(stars[offset]),
+                        time=when,
                     )
-                reply = stub.RecordFeedback(recommend_pb2.RecordFeedbackRequest(events=events), timeout=60)
-                if reply.rejected:
-                    raise StarlingError(
-                        f"RecordFeedback rejected {reply.rejected} of the heavy user's ratings"
-                    )
-            rated_set = set(rated.tolist())
-            deadline = time.monotonic() + 120
-            while True:  # until every stage has followed the ratings: the catalog counts them, none is served
-                total = catalog_stub.ListUserRatings(
-                    catalog_pb2.ListUserRatingsRequest(user_id=heavy_user, limit=1), timeout=10
-                ).total
-                _, answer, _ = _recommend_timed(stub, heavy_user, k)
-                if total == n_rated and not rated_set.intersection(answer):
-                    break
-                if time.monotonic() > deadline:
-                    raise StarlingError(f"the heavy user's {n_rated} ratings were not followed within 120 s")
-                time.sleep(0.2)
-            followed_s = time.perf_counter() - written_at
-            waited = wait_until_quiet(copy)
-            for i in range(WARMUP_REQUESTS):
-                _recommend_timed(stub, heavy_user if i % 2 else int(rng.choice(light_users)), k)
-            latencies: dict[str, list[float]] = {"light": [], "heavy": []}
-            stages: dict[str, dict[str, list[float]]] = {"light": {}, "heavy": {}}
-            served_rated = 0
-            deadline = time.perf_counter() + duration_s
-            turn = 0
-            while time.perf_counter() < deadline:
-                kind = "heavy" if turn % 2 else "light"
-                user = heavy_user if kind == "heavy" else int(rng.choice(light_users))
-                ms, answer, stage_ms = _recommend_timed(stub, user, k)
-                latencies[kind].append(ms)
-                for stage, value in stage_ms.items():
-                    stages[kind].setdefault(stage, []).append(value)
-                if kind == "heavy":
-                    served_rated += len(rated_set.intersection(answer))
-                turn += 1
-            channel.close()
-        finally:
-            down(copy)
+                )
+            reply = stub.RecordFeedback(recommend_pb2.RecordFeedbackRequest(events=events), timeout=60)
+            if reply.rejected:
+                raise StarlingError(f"RecordFeedback rejected {reply.rejected} of the heavy user's ratings")
+        rated_set = set(rated.tolist())
+        deadline = time.monotonic() + 120
+        while True:  # until every stage has followed the ratings: the catalog counts them, none is served
+            total = catalog_stub.ListUserRatings(
+                catalog_pb2.ListUserRatingsRequest(user_id=heavy_user, limit=1), timeout=10
+            ).total
+            _, answer, _ = _recommend_timed(stub, heavy_user, k)
+            if total == n_rated and not rated_set.intersection(answer):
+                break
+            if time.monotonic() > deadline:
+                raise StarlingError(f"the heavy user's {n_rated} ratings were not followed within 120 s")
+            time.sleep(0.2)
+        followed_s = time.perf_counter() - written_at
+        waited = wait_until_quiet(copy)
+        for i in range(WARMUP_REQUESTS):
+            _recommend_timed(stub, heavy_user if i % 2 else int(rng.choice(light_users)), k)
+        latencies: dict[str, list[float]] = {"light": [], "heavy": []}
+        stages: dict[str, dict[str, list[float]]] = {"light": {}, "heavy": {}}
+        served_rated = 0
+        deadline = time.perf_counter() + duration_s
+        turn = 0
+        while time.perf_counter() < deadline:
+            kind = "heavy" if turn % 2 else "light"
+            user = heavy_user if kind == "heavy" else int(rng.choice(light_users))
+            ms, answer, stage_ms = _recommend_timed(stub, user, k)
+            latencies[kind].append(ms)
+            for stage, value in stage_ms.items():
+                stages[kind].setdefault(stage, []).append(value)
+            if kind == "heavy":
+                served_rated += len(rated_set.intersection(answer))
+            turn += 1
+        channel.close()
     report: dict[str, Any] = {
         "benchmark": "history",
         "k": k,
