@@ -843,8 +843,16 @@ def _kill(workdir: Path, name: str) -> None:
 
 def test_fallbacks_as_stages_die_one_by_one(stack) -> None:
     """Runs last in this module: it kills services (the fixture's `down` cleans up)."""
+    import polars as pl
+
     settings, stub = stack
     workdir = settings.workdir
+    # While recall answers, CandidateService is not asked (recall leaves out rated movies and tells a known user
+    # from a new one); the stages recommend called are in its trailing metadata.
+    response, call = stub.Recommend.with_call(_request(1, 10), timeout=10)
+    timings = dict(call.trailing_metadata())["starling-stage-ms"]
+    assert {entry.split("=")[0] for entry in timings.split(",")} == {"recall", "ranker", "rerank"}, timings
+
     _kill(workdir, "ranker")
     response = stub.Recommend(_request(1, 10), timeout=10)
     assert len(response.items) == 10
@@ -863,6 +871,8 @@ def test_fallbacks_as_stages_die_one_by_one(stack) -> None:
     response = stub.Recommend(_request(1, 10), timeout=10)
     assert len(response.items) == 10
     assert [d.stage for d in response.degraded] == ["recall", "ranker"], response.degraded
+    rated = set(pl.read_parquet(workdir / "ratings.parquet").filter(pl.col("user_id") == 1)["movie_id"])
+    assert not rated & {item.movie_id for item in response.items}, "CandidateService's pool leaves them out"
     assert {item.channel for item in response.items} == {"popular"}
     assert {item.reason.text for item in response.items} == {"Popular"}, "the most rated, not 'now'"
     similar = stub.SimilarItems(recommend_pb2.SimilarItemsRequest(movie_id=1, k=3), timeout=10)

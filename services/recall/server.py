@@ -214,6 +214,7 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
                 result.because_rows >= 0, model.movie_ids[np.maximum(result.because_rows, 0)], 0
             ).tolist(),
             because_by_text=result.because_by_text.tolist(),
+            known_user=self.history.knows(user_id),
         )
 
     async def SimilarMovies(

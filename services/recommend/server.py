@@ -1,9 +1,8 @@
-"""RecommendService: the orchestrator. Calls candidates -> recall -> ranker -> rerank with per-stage
-deadlines (cut to the caller's own deadline); a stage that fails or times out is replaced by its fallback
-and named in ``degraded``:
+"""RecommendService: the orchestrator. Calls recall -> ranker -> rerank with per-stage deadlines (cut to the
+caller's own deadline); a stage that fails or times out is replaced by its fallback and named in ``degraded``:
 
-- candidates down: exclude only what the request excludes;
-- recall down: the most popular eligible movies (the ranker is skipped: it needs recall's candidate features);
+- recall down: the most popular movies of CandidateService's eligible pool (the ranker is skipped: it needs
+  recall's candidate features); candidates down too: exclude only what the request excludes;
 - ranker down: recall's order; user features missing: the ranker's defaults (reported as "features");
 - rerank down: top k by score.
 
@@ -19,10 +18,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import grpc
 import numpy as np
@@ -129,6 +128,20 @@ async def _timed(stage: str, call: Awaitable[T]) -> T:
             timings[stage] = elapsed * 1000.0
 
 
+class OnDemand(Generic[T]):
+    """A coroutine started by the first caller of :meth:`result` and shared by the later ones (one request's
+    arms); never started if nobody asks."""
+
+    def __init__(self, start: Callable[[], Awaitable[T]]) -> None:
+        self._start = start
+        self._task: asyncio.Future[T] | None = None
+
+    def result(self) -> asyncio.Future[T]:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._start())
+        return self._task
+
+
 class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     def __init__(self, catalog: Catalog, settings: Settings, feedback: FeedbackRecorder) -> None:
         self.settings = settings
@@ -195,10 +208,10 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         STAGE_TIMINGS.set(timings)
         degraded: list[common_pb2.Degradation] = []  # every stage that fell back, for the response
 
-        # 1. candidates: the eligible pool (shared by every arm), asked for while recall runs: recall leaves
-        # out the user's rated movies itself, and the pool tells whether the user is known (the cold path)
-        # and what a popular fallback must leave out.
-        pool = asyncio.ensure_future(self._eligible_pool(req, request, context, degraded))
+        # 1. candidates: the eligible pool, asked for only when an arm needs it (shared by every arm). Recall
+        # leaves out what the user rated and tells whether the user is known (the cold path) itself, so the
+        # pool is what the popular fallback must leave out when recall fails.
+        pool = OnDemand(lambda: self._eligible_pool(req, request, context, degraded))
 
         # 2-4. recall, ranker, rerank: once, or once per arm of an interleaving experiment.
         served = await asyncio.gather(
@@ -290,13 +303,13 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         req: ValidRequest,
         request: recommend_pb2.RecommendRequest,
         context: grpc.aio.ServicerContext,
-        pool: Awaitable[tuple[np.ndarray, bool]],
+        pool: OnDemand[tuple[np.ndarray, bool]],
         overrides: Overrides,
         request_id: str,
         degraded: list[common_pb2.Degradation],
     ) -> ServedList:
         """Recall, rank and re-rank for one arm (``overrides``: the arm's knobs); stage failures fall back and
-        are recorded on ``degraded``. ``pool``: the eligible pool (:meth:`_eligible_pool`), being fetched."""
+        are recorded on ``degraded``. ``pool``: the eligible pool (:meth:`_eligible_pool`), fetched on demand."""
         ranked = Ranked(np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, object))
 
         # 2. recall: about 500 candidates from several channels.
@@ -324,10 +337,11 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             candidate_features = candidate_feature_matrix(
                 recalled.features, list(recalled.feature_names), len(ranked.movie_ids)
             )
+            known_user = recalled.known_user if recalled.HasField("known_user") else (await pool.result())[1]
         except StageFailed as exc:
             self._fallback(degraded, "recall", f"{exc}; served popular movies")
             user_genres, candidate_features, recall_answered = [], None, False
-            excluded, _ = await pool
+            excluded, known_user = await pool.result()
             ranked.movie_ids, _ = popular_fallback(
                 self.catalog,
                 self.popularity_order,
@@ -338,7 +352,6 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             ranked.channels = np.full(len(ranked.movie_ids), "popular", dtype=object)
             ranked.because_ids = np.zeros(len(ranked.movie_ids), dtype=np.int64)
             ranked.because_by_text = np.zeros(len(ranked.movie_ids), dtype=bool)
-        _, known_user = await pool
         ranked.channels = cold_start_channels(ranked.channels, known_user)
 
         # 3. ranker (KServe, Open Inference Protocol v2 over gRPC) for users with history; the cold path keeps

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18starling/v1/recall.proto\x12\x0bstarling.v1\"\xbe\x01\n\rRecallRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x1a\n\x12\x65xcluded_movie_ids\x18\x03 \x03(\x03\x12\x0e\n\x06genres\x18\x04 \x03(\t\x12\x36\n\x06quotas\x18\x05 \x03(\x0b\x32&.starling.v1.RecallRequest.QuotasEntry\x1a-\n\x0bQuotasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xee\x01\n\x0eRecallResponse\x12\x11\n\tmovie_ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x10\n\x08\x63hannels\x18\x03 \x03(\t\x12\x1a\n\x12user_has_embedding\x18\x04 \x01(\x08\x12\x17\n\x0fuser_top_genres\x18\x05 \x03(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0c\x12\x15\n\rfeature_names\x18\x07 \x03(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x19\n\x11\x62\x65\x63\x61use_movie_ids\x18\t \x03(\x03\x12\x17\n\x0f\x62\x65\x63\x61use_by_text\x18\n \x03(\x08\"3\n\x14SimilarMoviesRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\"I\n\x15SimilarMoviesResponse\x12\x11\n\tmovie_ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x32\xaa\x01\n\rRecallService\x12\x41\n\x06Recall\x12\x1a.starling.v1.RecallRequest\x1a\x1b.starling.v1.RecallResponse\x12V\n\rSimilarMovies\x12!.starling.v1.SimilarMoviesRequest\x1a\".starling.v1.SimilarMoviesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18starling/v1/recall.proto\x12\x0bstarling.v1\"\xbe\x01\n\rRecallRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x1a\n\x12\x65xcluded_movie_ids\x18\x03 \x03(\x03\x12\x0e\n\x06genres\x18\x04 \x03(\t\x12\x36\n\x06quotas\x18\x05 \x03(\x0b\x32&.starling.v1.RecallRequest.QuotasEntry\x1a-\n\x0bQuotasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x96\x02\n\x0eRecallResponse\x12\x11\n\tmovie_ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x10\n\x08\x63hannels\x18\x03 \x03(\t\x12\x1a\n\x12user_has_embedding\x18\x04 \x01(\x08\x12\x17\n\x0fuser_top_genres\x18\x05 \x03(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0c\x12\x15\n\rfeature_names\x18\x07 \x03(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x19\n\x11\x62\x65\x63\x61use_movie_ids\x18\t \x03(\x03\x12\x17\n\x0f\x62\x65\x63\x61use_by_text\x18\n \x03(\x08\x12\x17\n\nknown_user\x18\x0b \x01(\x08H\x00\x88\x01\x01\x42\r\n\x0b_known_user\"3\n\x14SimilarMoviesRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\"I\n\x15SimilarMoviesResponse\x12\x11\n\tmovie_ids\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x32\xaa\x01\n\rRecallService\x12\x41\n\x06Recall\x12\x1a.starling.v1.RecallRequest\x1a\x1b.starling.v1.RecallResponse\x12V\n\rSimilarMovies\x12!.starling.v1.SimilarMoviesRequest\x1a\".starling.v1.SimilarMoviesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,11 +38,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECALLREQUEST_QUOTASENTRY']._serialized_start=187
   _globals['_RECALLREQUEST_QUOTASENTRY']._serialized_end=232
   _globals['_RECALLRESPONSE']._serialized_start=235
-  _globals['_RECALLRESPONSE']._serialized_end=473
-  _globals['_SIMILARMOVIESREQUEST']._serialized_start=475
-  _globals['_SIMILARMOVIESREQUEST']._serialized_end=526
-  _globals['_SIMILARMOVIESRESPONSE']._serialized_start=528
-  _globals['_SIMILARMOVIESRESPONSE']._serialized_end=601
-  _globals['_RECALLSERVICE']._serialized_start=604
-  _globals['_RECALLSERVICE']._serialized_end=774
+  _globals['_RECALLRESPONSE']._serialized_end=513
+  _globals['_SIMILARMOVIESREQUEST']._serialized_start=515
+  _globals['_SIMILARMOVIESREQUEST']._serialized_end=566
+  _globals['_SIMILARMOVIESRESPONSE']._serialized_start=568
+  _globals['_SIMILARMOVIESRESPONSE']._serialized_end=641
+  _globals['_RECALLSERVICE']._serialized_start=644
+  _globals['_RECALLSERVICE']._serialized_end=814
 # @@protoc_insertion_point(module_scope)

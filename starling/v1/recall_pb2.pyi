@@ -28,7 +28,7 @@ class RecallRequest(_message.Message):
     def __init__(self, user_id: _Optional[int] = ..., n: _Optional[int] = ..., excluded_movie_ids: _Optional[_Iterable[int]] = ..., genres: _Optional[_Iterable[str]] = ..., quotas: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class RecallResponse(_message.Message):
-    __slots__ = ("movie_ids", "scores", "channels", "user_has_embedding", "user_top_genres", "features", "feature_names", "model_version", "because_movie_ids", "because_by_text")
+    __slots__ = ("movie_ids", "scores", "channels", "user_has_embedding", "user_top_genres", "features", "feature_names", "model_version", "because_movie_ids", "because_by_text", "known_user")
     MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class RecallResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     BECAUSE_MOVIE_IDS_FIELD_NUMBER: _ClassVar[int]
     BECAUSE_BY_TEXT_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_USER_FIELD_NUMBER: _ClassVar[int]
     movie_ids: _containers.RepeatedScalarFieldContainer[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     channels: _containers.RepeatedScalarFieldContainer[str]
@@ -49,7 +50,8 @@ class RecallResponse(_message.Message):
     model_version: str
     because_movie_ids: _containers.RepeatedScalarFieldContainer[int]
     because_by_text: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, movie_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., channels: _Optional[_Iterable[str]] = ..., user_has_embedding: _Optional[bool] = ..., user_top_genres: _Optional[_Iterable[str]] = ..., features: _Optional[bytes] = ..., feature_names: _Optional[_Iterable[str]] = ..., model_version: _Optional[str] = ..., because_movie_ids: _Optional[_Iterable[int]] = ..., because_by_text: _Optional[_Iterable[bool]] = ...) -> None: ...
+    known_user: bool
+    def __init__(self, movie_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., channels: _Optional[_Iterable[str]] = ..., user_has_embedding: _Optional[bool] = ..., user_top_genres: _Optional[_Iterable[str]] = ..., features: _Optional[bytes] = ..., feature_names: _Optional[_Iterable[str]] = ..., model_version: _Optional[str] = ..., because_movie_ids: _Optional[_Iterable[int]] = ..., because_by_text: _Optional[_Iterable[bool]] = ..., known_user: _Optional[bool] = ...) -> None: ...
 
 class SimilarMoviesRequest(_message.Message):
     __slots__ = ("movie_id", "k")
