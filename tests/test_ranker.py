@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from kserve import InferenceGRPCClient, InferInput, InferRequest
 
 from services.ranker.encoding import ServingEncoder, blank_user, user_columns
@@ -64,6 +65,22 @@ def test_serving_encoder_equals_transform_of_joined_rows(ml_small_features: Path
     assert (unknown["user"] == 0).all() and (unknown["numeric_missing"][:, 4:9] == 1).all()
     with pytest.raises(ValueError, match="candidate_features must be"):
         encoder.encode(blank_user(1), movie_ids, candidates[:2])
+
+    # A model that reads a few keys (RankMLP) gets exactly those, equal to the full encoding's, and the same
+    # scores as from the full batch.
+    from services.ranker.scoring import score_encoded
+    from training.models.base import FEATURE_KEYS, ModelConfig, model_inputs
+    from training.models.rank_mlp import RankMLP
+
+    model = RankMLP(spec, ModelConfig(hidden_units=(16,), ensemble=2)).eval()
+    user = user_columns(1, user_row.select(USER_FEATURE_COLUMNS).to_dicts()[0])
+    few = encoder.encode(user, movie_ids, candidates, keys=model_inputs(model))
+    assert set(few) == {"numeric", "numeric_missing"} == set(model_inputs(model)) < set(FEATURE_KEYS)
+    for key in few:
+        np.testing.assert_array_equal(few[key], got[key], err_msg=key)
+    np.testing.assert_array_equal(
+        score_encoded(model, few, torch.device("cpu")), score_encoded(model, got, torch.device("cpu"))
+    )
 
 
 def _start_ranker(workdir: Path, grpc_port: int, http_port: int, log: Path) -> subprocess.Popen:

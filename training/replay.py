@@ -43,6 +43,7 @@ from services.recommend.logic import (
 )
 from services.rerank.logic import RerankRules, rerank_candidates
 from starling.features.spec import MOVIE_FEATURE_COLUMNS, USER_FEATURE_COLUMNS, FeatureSpec
+from training.models.base import model_inputs
 
 
 class UserFeatureTable:
@@ -158,7 +159,9 @@ class Ranker:
     def encode(
         self, user_id: int, values: dict[str, object], movie_ids: np.ndarray, features: np.ndarray
     ) -> dict[str, np.ndarray]:
-        return self.encoder.encode(user_columns(user_id, values), movie_ids, features)
+        return self.encoder.encode(
+            user_columns(user_id, values), movie_ids, features, keys=model_inputs(self.model)
+        )
 
     def score(
         self, user_id: int, values: dict[str, object], movie_ids: np.ndarray, features: np.ndarray

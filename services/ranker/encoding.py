@@ -10,7 +10,7 @@ sets with this same encoder (training/ltr.py), so training and serving share one
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import polars as pl
@@ -31,6 +31,7 @@ from starling.features.transform import (
     encode_numeric,
     transform_columns,
 )
+from training.models.base import FEATURE_KEYS
 
 USER_KEYS = ("user", "user_genres", "liked_movies")
 MOVIE_KEYS = ("movie", "movie_genres")
@@ -88,20 +89,28 @@ class ServingEncoder:
         return np.where(found, pos, len(self.movie_ids)), found
 
     def encode(
-        self, user: FeatureColumns, movie_ids: np.ndarray, candidate_features: np.ndarray | None = None
+        self,
+        user: FeatureColumns,
+        movie_ids: np.ndarray,
+        candidate_features: np.ndarray | None = None,
+        keys: Collection[str] = FEATURE_KEYS,
     ) -> dict[str, np.ndarray]:
         """Encoded batch for one user (see :func:`user_columns`) and N movies.
 
         ``candidate_features`` [N, len(CANDIDATE_FEATURES)] (recall's, NaN = missing) is required when the
         spec carries candidate statistics (a ranker trained on recalled candidates) and ignored otherwise.
+        ``keys``: the batch keys to encode (the model's, ``training.models.base.model_inputs``); the others
+        are not computed.
         """
         n = len(movie_ids)
-        user_encoded = transform_columns(user, self.spec)
+        buckets = "numeric_buckets" in keys
+        user_encoded = transform_columns(user, self.spec, buckets=buckets)
         rows, _ = self.movie_rows(np.asarray(movie_ids, dtype=np.int64))
-        out = {key: np.repeat(user_encoded[key], n, axis=0) for key in USER_KEYS}
-        out.update({key: self.movie_encoded[key][rows] for key in MOVIE_KEYS})
+        out = {key: np.repeat(user_encoded[key], n, axis=0) for key in USER_KEYS if key in keys}
+        out.update({key: self.movie_encoded[key][rows] for key in MOVIE_KEYS if key in keys})
+        mixed = [key for key in MIXED_KEYS if key in keys]
         n_entity = len(NUMERIC_FIELDS)
-        for key in MIXED_KEYS:
+        for key in mixed:
             out[key] = np.where(
                 MOVIE_NUMERIC_COLUMNS,
                 self.movie_encoded[key][rows, :n_entity],
@@ -114,7 +123,9 @@ class ServingEncoder:
                     f"candidate_features must be [{n}, {len(CANDIDATE_FEATURES)}] (one row per movie, "
                     f"columns {', '.join(CANDIDATE_FEATURES)}), got {got}"
                 )
-            encoded = encode_numeric(candidate_features.astype(np.float64), self.spec, first=n_entity)
-            for key in MIXED_KEYS:
+            encoded = encode_numeric(
+                candidate_features.astype(np.float64), self.spec, first=n_entity, buckets=buckets
+            )
+            for key in mixed:
                 out[key] = np.concatenate([out[key], encoded[key]], axis=1)
         return out

@@ -42,6 +42,7 @@ from starling.events import MOVIE_STREAM, RATING_STREAM
 from starling.features.spec import CANDIDATE_FEATURES, MOVIE_FEATURE_COLUMNS, USER_FEATURE_COLUMNS
 from starling.featurestore import MOVIE_VIEW, USER_VIEW, get_feature_store, registry_path
 from training.artifacts import CURRENT, Artifact, load_artifact, resolve_artifact
+from training.models.base import model_inputs
 
 log = logging.getLogger("starling.ranker")
 USER_REFS = [f"{USER_VIEW}:{column}" for column in USER_FEATURE_COLUMNS]
@@ -270,7 +271,10 @@ class RankerModel(Model):
         user_id = int(user_ids[0])
         values, found = self.user_features(user_id)
         encoded = state.encoder.encode(
-            user_columns(user_id, values), movie_ids.astype(np.int64), candidate_features
+            user_columns(user_id, values),
+            movie_ids.astype(np.int64),
+            candidate_features,
+            keys=model_inputs(state.model),
         )
         return state, encoded, found, payload.id
 

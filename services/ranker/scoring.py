@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.models.base import FEATURE_KEYS
+from training.models.base import model_inputs
 
 
 def score_encoded(model: nn.Module, encoded: Mapping[str, np.ndarray], device: torch.device) -> np.ndarray:
@@ -18,6 +18,8 @@ def score_encoded(model: nn.Module, encoded: Mapping[str, np.ndarray], device: t
     With a ranking loss the logits order a user's candidates; the sigmoid only bounds them for display and
     re-ranking adjustments (it is not a calibrated probability).
     """
-    features = {key: torch.from_numpy(np.ascontiguousarray(encoded[key])).to(device) for key in FEATURE_KEYS}
+    features = {
+        key: torch.from_numpy(np.ascontiguousarray(encoded[key])).to(device) for key in model_inputs(model)
+    }
     with torch.inference_mode():
         return torch.sigmoid(model(features)).float().cpu().numpy().reshape(-1)

@@ -79,26 +79,32 @@ def _stack(columns: FeatureColumns, names: tuple[str, ...], dtype: type) -> np.n
     return np.stack([np.asarray(columns[name], dtype=dtype) for name in names], axis=1)
 
 
-def encode_numeric(values: np.ndarray, spec: FeatureSpec, first: int = 0) -> dict[str, np.ndarray]:
+def encode_numeric(
+    values: np.ndarray, spec: FeatureSpec, first: int = 0, buckets: bool = True
+) -> dict[str, np.ndarray]:
     """``numeric`` / ``numeric_missing`` / ``numeric_buckets`` of float64 ``values`` [n, m] (NaN = null), whose
-    columns are ``spec.numeric_fields[first:first + m]``."""
+    columns are ``spec.numeric_fields[first:first + m]``; ``buckets=False`` leaves ``numeric_buckets`` out (a
+    model that does not read them)."""
     means, stds, boundaries = spec.numeric_arrays()
     columns = slice(first, first + values.shape[1])
     absent = np.isnan(values)
-    buckets = np.empty(values.shape, dtype=np.int64)
-    for j, bounds in enumerate(
-        boundaries[columns]
-    ):  # one searchsorted per numeric field, vectorized over rows
-        buckets[:, j] = np.searchsorted(bounds, values[:, j], side="right") + 1
-    return {
+    out = {
         "numeric": np.where(absent, 0.0, (values - means[columns]) / stds[columns]).astype(np.float32),
         "numeric_missing": absent.astype(np.float32),
-        "numeric_buckets": np.where(absent, 0, buckets),
     }
+    if buckets:
+        bucket = np.empty(values.shape, dtype=np.int64)
+        for j, bounds in enumerate(boundaries[columns]):  # one searchsorted per field, vectorized over rows
+            bucket[:, j] = np.searchsorted(bounds, values[:, j], side="right") + 1
+        out["numeric_buckets"] = np.where(absent, 0, bucket)
+    return out
 
 
-def transform_columns(columns: FeatureColumns, spec: FeatureSpec) -> dict[str, np.ndarray]:
-    """Encode :data:`FeatureColumns` with a fitted spec (see the module docstring for the output arrays)."""
+def transform_columns(
+    columns: FeatureColumns, spec: FeatureSpec, buckets: bool = True
+) -> dict[str, np.ndarray]:
+    """Encode :data:`FeatureColumns` with a fitted spec (see the module docstring for the output arrays;
+    ``buckets``: see :func:`encode_numeric`)."""
     missing = [name for name in (*REQUIRED_COLUMNS, *spec.numeric_fields) if name not in columns]
     if missing:
         raise StarlingError(f"transform: rows lack feature columns {missing} (spec version {spec.version})")
@@ -110,7 +116,7 @@ def transform_columns(columns: FeatureColumns, spec: FeatureSpec) -> dict[str, n
         "movie_genres": _vocab_indices(_stack(columns, MOVIE_GENRE_FIELDS, str), genres, ""),
         "liked_movies": _vocab_indices(_stack(columns, LIKED_MOVIE_FIELDS, np.int64), movies, NULL_ID),
     }
-    out.update(encode_numeric(_stack(columns, spec.numeric_fields, np.float64), spec))
+    out.update(encode_numeric(_stack(columns, spec.numeric_fields, np.float64), spec, buckets=buckets))
     if "label" in columns:
         label = np.asarray(columns["label"], dtype=np.float32)
         bad = np.flatnonzero(~np.isin(label, (0.0, 1.0)))

@@ -31,6 +31,14 @@ FEATURE_KEYS = (
     "numeric_buckets",
 )
 
+
+def model_inputs(model: nn.Module) -> tuple[str, ...]:
+    """The keys of the encoded batch ``model`` reads: its class's ``encoded_inputs`` (a model over a few keys
+    says so, and serving encodes only those), else every one of :data:`FEATURE_KEYS`."""
+    keys = getattr(type(model), "encoded_inputs", FEATURE_KEYS)
+    return tuple(keys)
+
+
 #: z-scores are clipped to this range so that a heavy-tailed count seen at serving cannot blow up the MLP.
 NUMERIC_CLIP = 8.0
 

@@ -17,6 +17,8 @@ from training.models.base import NUMERIC_CLIP, Batch, ModelConfig, SpecLike, mlp
 
 
 class RankMLP(nn.Module):
+    encoded_inputs = ("numeric", "numeric_missing")  # see training.models.base.model_inputs
+
     def __init__(self, spec: SpecLike, config: ModelConfig) -> None:
         super().__init__()
         width = 2 * len(spec.numeric_fields)
