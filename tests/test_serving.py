@@ -827,6 +827,33 @@ def test_profile_summary_of_collapsed_stacks() -> None:
     ]
 
 
+def test_recall_tells_a_known_user_and_the_pool_is_asked_only_when_it_does_not() -> None:
+    """Recommend's cold-path decision: recall's ``known_user``; a recall from before the field leaves it unset,
+    and CandidateService's pool is asked then (once, shared by an interleaving request's arms)."""
+    import asyncio
+
+    import numpy as np
+
+    from services.recommend.server import OnDemand, known_user_of
+    from starling.v1 import recall_pb2
+
+    asked = []
+
+    async def pool() -> tuple[np.ndarray, bool]:
+        asked.append(1)
+        return np.empty(0, np.int64), True
+
+    async def decide(recalled: recall_pb2.RecallResponse) -> tuple[bool, ...]:
+        on_demand = OnDemand(pool)
+        return tuple([await known_user_of(recalled, on_demand) for _ in range(2)])
+
+    assert asyncio.run(decide(recall_pb2.RecallResponse(known_user=False))) == (False, False)
+    assert asyncio.run(decide(recall_pb2.RecallResponse(known_user=True))) == (True, True)
+    assert asked == [], "recall said: the pool is not asked"
+    assert asyncio.run(decide(recall_pb2.RecallResponse())) == (True, True)
+    assert asked == [1], "unset: asked once for both arms"
+
+
 def _kill(workdir: Path, name: str) -> None:
     """SIGKILL one service (no drain: as if its pod died) and wait until it is gone."""
     process = next(p for p in read_state(workdir) if p.name == name)

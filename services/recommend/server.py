@@ -142,6 +142,14 @@ class OnDemand(Generic[T]):
         return self._task
 
 
+async def known_user_of(recalled: recall_pb2.RecallResponse, pool: OnDemand[tuple[np.ndarray, bool]]) -> bool:
+    """Whether the user has history (else the cold path): recall says so; a recall from before
+    ``RecallResponse.known_user`` does not, and CandidateService's pool is asked instead."""
+    if recalled.HasField("known_user"):
+        return recalled.known_user
+    return (await pool.result())[1]
+
+
 class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     def __init__(self, catalog: Catalog, settings: Settings, feedback: FeedbackRecorder) -> None:
         self.settings = settings
@@ -337,7 +345,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
             candidate_features = candidate_feature_matrix(
                 recalled.features, list(recalled.feature_names), len(ranked.movie_ids)
             )
-            known_user = recalled.known_user if recalled.HasField("known_user") else (await pool.result())[1]
+            known_user = await known_user_of(recalled, pool)
         except StageFailed as exc:
             self._fallback(degraded, "recall", f"{exc}; served popular movies")
             user_genres, candidate_features, recall_answered = [], None, False
