@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class CandidateServiceStub:
     """The eligible pool for a user: the catalog minus what the user has rated, filtered by the request context.
+    Recommend asks for it when recall fails (its popular fallback draws from the pool); recall applies the same
+    exclusions itself on the normal path.
     """
 
     def __init__(self, channel):
@@ -44,6 +46,8 @@ class CandidateServiceStub:
 
 class CandidateServiceServicer:
     """The eligible pool for a user: the catalog minus what the user has rated, filtered by the request context.
+    Recommend asks for it when recall fails (its popular fallback draws from the pool); recall applies the same
+    exclusions itself on the normal path.
     """
 
     def GetCandidates(self, request, context):
@@ -70,6 +74,8 @@ def add_CandidateServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class CandidateService:
     """The eligible pool for a user: the catalog minus what the user has rated, filtered by the request context.
+    Recommend asks for it when recall fails (its popular fallback draws from the pool); recall applies the same
+    exclusions itself on the normal path.
     """
 
     @staticmethod
