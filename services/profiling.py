@@ -51,7 +51,9 @@ def start_recording(
     for name, pid in sorted(services.items()):
         svg, raw = directory / f"{name}-{label}.svg", directory / f"{name}-{label}.txt"
         common = [executable, "record", "--pid", str(pid), "--duration", seconds, "--rate", str(rate)]
-        common += ["--nonblocking", "--subprocesses"]
+        # No --subprocesses: the services' only children are native (milvus-lite), and py-spy's watch over
+        # children races with their exits (benfred/py-spy#243, #759) and fails the whole recording.
+        common.append("--nonblocking")
         processes = tuple(
             subprocess.Popen(
                 [*common, "--format", fmt, "--output", str(path)],
@@ -65,27 +67,39 @@ def start_recording(
     return recordings
 
 
+def _error_line(stderr: str, returncode: int) -> str:
+    """py-spy's own message from its stderr (``Error: ...`` or a panic), not the backtrace lines after it."""
+    lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
+    found = next((line for line in lines if line.startswith("Error") or "panicked" in line), None)
+    return found or (lines[0] if lines else f"py-spy exited with {returncode}")
+
+
 def finish_recording(recordings: list[Recording], timeout_s: float) -> dict[str, Any]:
-    """Wait for the recorders; per service, the flamegraph's path and :func:`summarize` of its stacks (or
-    the recorder's error, e.g. when the system forbids attaching to another process)."""
+    """Wait for the recorders; per service, the flamegraph's path and :func:`summarize` of its stacks, or
+    the recorder's error (e.g. when the system forbids attaching to another process). A flamegraph that
+    failed while the stacks were written is reported as ``flamegraph_error`` beside the summary."""
     out: dict[str, Any] = {}
     for recording in recordings:
-        errors = []
-        for process in recording.processes:
+        errors: dict[str, str] = {}
+        for fmt, process in zip(("flamegraph", "raw"), recording.processes, strict=True):
             try:
                 _, stderr = process.communicate(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 process.kill()
                 _, stderr = process.communicate()
             if process.returncode != 0:
-                errors.append((stderr or "").strip().splitlines()[-1:] or [f"exit {process.returncode}"])
-        if errors or not recording.raw.is_file():
-            out[recording.service] = {"error": "; ".join(e[0] for e in errors) or "py-spy wrote nothing"}
+                errors[fmt] = _error_line(stderr, process.returncode)
+        if "raw" in errors or not recording.raw.is_file():
+            out[recording.service] = {"error": "; ".join(errors.values()) or "py-spy wrote nothing"}
             continue
-        out[recording.service] = {
-            "flamegraph": str(recording.svg),
-            **summarize(recording.raw.read_text().splitlines()),
-        }
+        found = summarize(recording.raw.read_text().splitlines())
+        if "flamegraph" in errors or not recording.svg.is_file():
+            out[recording.service] = {
+                "flamegraph_error": errors.get("flamegraph", "py-spy wrote nothing"),
+                **found,
+            }
+        else:
+            out[recording.service] = {"flamegraph": str(recording.svg), **found}
     return out
 
 

@@ -827,6 +827,37 @@ def test_profile_summary_of_collapsed_stacks() -> None:
     ]
 
 
+def test_a_failed_recorder_is_named_by_py_spys_message_and_the_stacks_still_count(tmp_path) -> None:
+    """py-spy prints its error, then (with RUST_BACKTRACE) a numbered backtrace: the report carries the error.
+    A flamegraph recorder that fails beside a raw one that worked still leaves the summary."""
+    import subprocess
+    import sys
+
+    from services.profiling import Recording, finish_recording
+
+    def recorder(stderr: str, code: int) -> subprocess.Popen:
+        script = f"import sys; sys.stderr.write({stderr!r}); sys.exit({code})"
+        return subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+
+    failure = "py-spy> Sampling process 200 times a second.\nError: No child process (os error 10)\n   0: py_spy::main\n   8: main\n"
+    raw = tmp_path / "svc-c1.txt"
+    raw.write_text("main (services/x/server.py:1);serve (services/x/logic.py:10) 4\n")
+    found = finish_recording(
+        [
+            Recording(
+                "both", tmp_path / "a.svg", tmp_path / "a.txt", (recorder(failure, 1), recorder(failure, 1))
+            ),
+            Recording("svg-only", tmp_path / "svc-c1.svg", raw, (recorder(failure, 1), recorder("", 0))),
+        ],
+        timeout_s=30,
+    )
+    assert found["both"] == {
+        "error": "Error: No child process (os error 10); Error: No child process (os error 10)"
+    }
+    assert found["svg-only"]["flamegraph_error"] == "Error: No child process (os error 10)"
+    assert found["svg-only"]["samples"] == 4 and "flamegraph" not in found["svg-only"]
+
+
 def test_recall_tells_a_known_user_and_the_pool_is_asked_only_when_it_does_not() -> None:
     """Recommend's cold-path decision: recall's ``known_user``; a recall from before the field leaves it unset,
     and CandidateService's pool is asked then (once, shared by an interleaving request's arms)."""
