@@ -655,6 +655,26 @@ def bench_ranker(
     click.echo(json.dumps(run(workdir, levels, rounds=rounds, burst_s=burst_s, candidates=candidates)))
 
 
+@bench.command("floor")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("work"), show_default=True)
+@click.option("--concurrency", default="1,8", show_default=True, help="Comma-separated concurrency levels.")
+@click.option(
+    "--rounds", type=click.IntRange(1), default=4, show_default=True, help="Bursts per level and stack."
+)
+@click.option(
+    "--burst", "burst_s", type=click.FloatRange(0, min_open=True), default=3.0, show_default=True,
+    help="Seconds per burst.",
+)  # fmt: skip
+@click.option("--k", type=click.IntRange(1), default=20, show_default=True)
+def bench_floor(workdir: Path, concurrency: str, rounds: int, burst_s: float, k: int) -> None:
+    """The served path's hops with no work behind them (the same servers, interceptors and KServe ranker,
+    answering messages captured from WORKDIR's running stack) against the real stack, the load alternated in
+    bursts: req/s, p50/p99 and server CPU per request of each, and real over floor."""
+    from services.bench_floor import bench_floor as run
+
+    click.echo(json.dumps(run(workdir, _concurrency_levels(concurrency), rounds, burst_s, k)))
+
+
 @bench.command("upsert")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("work"), show_default=True)
 @click.option("--n", "n", type=click.IntRange(1), default=200, show_default=True, help="Upserts measured.")

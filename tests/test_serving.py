@@ -781,6 +781,25 @@ def test_bench_serve_reports_server_cpu_per_request_and_compares(stack) -> None:
     assert compare_runs(report, {"runs": [{"concurrency": 64}]})["levels"] == [], "no level in common"
 
 
+def test_bench_floor_drives_the_same_hops_with_no_work_beside_the_real_stack(stack) -> None:
+    from services.bench_floor import bench_floor
+
+    settings, _ = stack
+    report = bench_floor(settings.workdir, [2], rounds=1, burst_s=1.0, settings=settings)
+    sizes = report["message_bytes"]
+    # the captured messages are the real ones: 500 candidates, each with every candidate feature
+    assert sizes["recall_response"] > settings.recall_size * 30 * 4 and sizes["rerank_response"] > 0, sizes
+    level = report["levels"][0]
+    floor, real = level["floor"], level["real"]
+    assert set(floor["server_cpu_ms_per_request"]) == {"recall", "ranker", "rerank", "recommend", "total"}
+    assert all(ms > 0 for ms in floor["server_cpu_ms_per_request"].values()), floor
+    assert {"recall", "ranker", "rerank", "recommend"} <= set(real["server_cpu_ms_per_request"]), real
+    for figures in (floor, real):
+        assert figures["requests_per_second"] > 0 and 0 < figures["p50_ms"] <= figures["p99_ms"], figures
+    # the real stack ranks, recalls and re-ranks: more CPU per request than passing the messages along
+    assert level["real_over_floor"]["server_cpu_ms_per_request"] > 1.0, level
+
+
 def test_bench_serve_profile_records_flamegraphs_and_names_the_heaviest_functions(stack, tmp_path) -> None:
     from services.bench import bench_serve
 
