@@ -209,6 +209,33 @@ def test_recall_state_round_trips_and_aligns_new_movies(world, tmp_path: Path) -
         RecallState.load(tmp_path / "missing")
 
 
+def test_searching_only_eligible_movies_gives_the_embedding_channel_of_the_index_style_search(world) -> None:
+    """In memory, recall searches the eligible movies only; an index is asked for the quota plus every
+    ineligible movie. The channel, and so recall's answer, is the same either way."""
+    from services.recall.logic import ANN_MARGIN
+
+    ratings, _, state, catalog = world
+    model = RecallModel.align(state, catalog.movie_ids, catalog.release_years, catalog.genre_matrix)
+    history = UserHistory.from_frame(ratings, 3.5)
+    compared = 0
+    for user_id in np.unique(ratings["user_id"].to_numpy())[:40].tolist():
+        profile = user_profile(model, *history.latest(user_id), 3.5)
+        scores = channel_scores(model, profile)
+        if scores.user_vector is None:
+            continue
+        eligible = np.ones(len(catalog), dtype=bool)
+        eligible[model.positions(history.rated(user_id))] = False
+        quota = model.params.quotas["embedding"]
+        index_style = exact_nearest(model, scores.user_vector, ann_limit(model, eligible) + ANN_MARGIN)
+        in_memory = exact_nearest(model, scores.user_vector, quota + ANN_MARGIN, eligible)
+        assert eligible[in_memory].all() and len(in_memory) <= quota + ANN_MARGIN
+        one = recall(model, profile, eligible, 50, scores, index_style)
+        other = recall(model, profile, eligible, 50, scores, in_memory)
+        assert (one.rows == other.rows).all() and (one.channels == other.channels).all(), user_id
+        compared += int((one.channels == "embedding").sum())
+    assert compared > 0, "some users got embedding candidates"
+
+
 def test_recall_channels_and_features_for_warm_and_cold_users(world) -> None:
     ratings, _, state, catalog = world
     model = RecallModel.align(state, catalog.movie_ids, catalog.release_years, catalog.genre_matrix)

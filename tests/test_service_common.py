@@ -184,3 +184,23 @@ def test_calls_beyond_the_in_flight_limit_are_refused_at_once_and_probes_still_a
         await running.drain_and_stop(0)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("largest", [50, 10**15])  # compact ids: a table; sparse ids: a binary search
+def test_id_index_finds_each_id_and_nothing_else(largest: int) -> None:
+    import numpy as np
+
+    from services.common.id_index import IdIndex
+
+    rng = np.random.default_rng(3)
+    sorted_ids = np.unique(np.r_[0, largest, rng.integers(0, largest, 30)]).astype(np.int64)
+    index = IdIndex(sorted_ids)
+    assert (index.table is not None) == (largest == 50)
+    asked = np.r_[sorted_ids[::-1], -1, -(2**62), largest + 1, 2**62, rng.integers(0, largest, 200)]
+    expected = np.array(
+        [np.flatnonzero(sorted_ids == i)[0] if i in sorted_ids else -1 for i in asked.tolist()]
+    )
+    assert (index.positions(asked) == expected).all()
+    pairs = asked[: len(asked) // 2 * 2].reshape(-1, 2)
+    assert (index.positions(pairs) == expected[: pairs.size].reshape(-1, 2)).all()
+    assert IdIndex(np.empty(0, np.int64)).positions([1, 2]).tolist() == [-1, -1]

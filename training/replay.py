@@ -32,7 +32,7 @@ from services.common.history import UserHistory
 from services.ranker.encoding import ServingEncoder, user_columns
 from services.ranker.scoring import score_encoded
 from services.recall.features import UserProfile, channel_scores, user_profile
-from services.recall.logic import RecallResult, ann_limit, exact_nearest, recall
+from services.recall.logic import ANN_MARGIN, RecallResult, exact_nearest, recall
 from services.recall.state import ContentTable, RecallModel, RecallParams, RecallState
 from services.recommend.logic import (
     cold_start_channels,
@@ -214,7 +214,7 @@ class OfflinePipeline:
         quotas = {**model.params.quotas, **(overrides.recall_quotas or {})}
         hits = np.empty(0, dtype=np.int64)
         if scores.user_vector is not None and quotas.get("embedding"):
-            hits = exact_nearest(model, scores.user_vector, ann_limit(model, eligible, quotas))
+            hits = exact_nearest(model, scores.user_vector, quotas["embedding"] + ANN_MARGIN, eligible)
         result = recall(
             model, profile, eligible, overrides.recall_size or self.recall_size, scores, hits, quotas
         )

@@ -1,16 +1,18 @@
 """The movie catalog as columnar arrays, shared by every service (loaded once per process).
 
-Lookups are vectorized: ids map to row positions with ``np.searchsorted`` over the sorted id array.
+Lookups are vectorized: ids map to row positions through an :class:`IdIndex` of the sorted id array.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from services.common.id_index import IdIndex
 from starling.errors import StarlingError
 
 
@@ -29,13 +31,13 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.movie_ids)
 
+    @cached_property
+    def id_index(self) -> IdIndex:
+        return IdIndex(self.movie_ids)
+
     def positions(self, ids: np.ndarray | list[int]) -> np.ndarray:
         """Row positions of ``ids``; -1 where an id is not in the catalog."""
-        ids = np.asarray(ids, dtype=np.int64)
-        pos = np.searchsorted(self.movie_ids, ids)
-        pos = np.minimum(pos, max(len(self.movie_ids) - 1, 0))
-        found = len(self.movie_ids) > 0 and self.movie_ids[pos] == ids
-        return np.where(found, pos, -1)
+        return self.id_index.positions(ids)
 
     def genre_mask(self, genres: list[str] | tuple[str, ...]) -> np.ndarray:
         """Movies having at least one of ``genres`` (all movies when ``genres`` is empty)."""

@@ -130,16 +130,23 @@ def scored_channel(name: str, scores: np.ndarray | None, eligible: np.ndarray, n
     return ChannelResult(name, candidates, scores[candidates].astype(np.float32))
 
 
+ANN_MARGIN = 16  # extra nearest hits, so that float ties at the search's cut-off never change the channel
+
+
 def ann_limit(model: RecallModel, eligible: np.ndarray, quotas: Mapping[str, int] | None = None) -> int:
     """How many nearest vectors to ask the index for: the quota plus every ineligible movie with a vector."""
     quotas = model.params.quotas if quotas is None else quotas
     return quotas.get("embedding", 0) + int((model.has_vector & ~eligible).sum())
 
 
-def exact_nearest(model: RecallModel, query: np.ndarray, limit: int) -> np.ndarray:
+def exact_nearest(
+    model: RecallModel, query: np.ndarray, limit: int, eligible: np.ndarray | None = None
+) -> np.ndarray:
     """The ``limit`` catalog rows whose vectors have the largest inner product with ``query`` (exact search,
-    what the vector index answers online; ties by row)."""
-    rows = np.flatnonzero(model.has_vector)
+    what the vector index answers online; ties by row). With ``eligible``, among the eligible rows only: an
+    index must be asked for :func:`ann_limit` hits to be sure of the quota, a search in memory need not (for a
+    user who rated 20,000 movies, that is 20,000 fewer rows to sort)."""
+    rows = np.flatnonzero(model.has_vector if eligible is None else model.has_vector & eligible)
     scores = model.vectors[rows] @ query
     if len(rows) > limit:
         top = np.argpartition(-scores, limit - 1)[:limit]

@@ -24,6 +24,7 @@ from services.common.history import UserHistory
 from services.common.server import run_service
 from services.recall.features import channel_scores, user_profile
 from services.recall.logic import (
+    ANN_MARGIN,
     CHANNEL_PRIORITY,
     ChannelResult,
     ann_limit,
@@ -43,7 +44,6 @@ from starling.v1 import recall_pb2, recall_pb2_grpc
 log = logging.getLogger("starling.recall")
 
 MAX_RECALL = 2000
-ANN_MARGIN = 16  # extra index hits, so that float ties at the index's cut-off never change the channel
 
 
 @dataclass(frozen=True)
@@ -198,8 +198,13 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         scores = channel_scores(model, profile)
         ann_rows = np.empty(0, dtype=np.int64)
         if scores.user_vector is not None and self.searches_vectors and quotas.get("embedding"):
-            limit = ann_limit(model, eligible, quotas) + ANN_MARGIN
-            ann_rows = await self._nearest(serving, scores.user_vector, limit, context.time_remaining())
+            if serving.index is None:  # in memory: among the eligible movies only
+                ann_rows = exact_nearest(
+                    model, scores.user_vector, quotas["embedding"] + ANN_MARGIN, eligible
+                )
+            else:  # the index also returns ineligible movies: ask for enough to fill the quota after them
+                limit = ann_limit(model, eligible, quotas) + ANN_MARGIN
+                ann_rows = await self._nearest(serving, scores.user_vector, limit, context.time_remaining())
         result = recall(model, profile, eligible, n, scores, ann_rows, quotas)
         return recall_pb2.RecallResponse(
             movie_ids=model.movie_ids[result.rows].tolist(),

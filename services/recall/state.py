@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from services.common.id_index import IdIndex
 from starling.errors import StarlingError
 
 STATE_DIR = "recall"
@@ -162,11 +164,7 @@ def fold_in(factors: np.ndarray, gram: np.ndarray, alpha: float) -> np.ndarray |
 
 def sorted_positions(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Position of each of ``ids`` in the ascending array ``sorted_ids``; -1 where absent."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if len(sorted_ids) == 0:
-        return np.full(ids.shape, -1, dtype=np.int64)
-    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return np.where(sorted_ids[pos] == ids, pos, -1).astype(np.int64)
+    return IdIndex(sorted_ids).positions(ids)
 
 
 def _log_rank(values: np.ndarray, movie_ids: np.ndarray) -> np.ndarray:
@@ -224,8 +222,13 @@ class RecallModel:
     def reference_year(self) -> float:
         return 1970.0 + self.state.reference_s / (365.2425 * SECONDS_PER_DAY)
 
+    @cached_property
+    def id_index(self) -> IdIndex:
+        return IdIndex(self.movie_ids)
+
     def positions(self, ids: np.ndarray) -> np.ndarray:
-        return sorted_positions(self.movie_ids, ids)
+        """The catalog row of each movie id; -1 where it is not in the catalog."""
+        return self.id_index.positions(ids)
 
     @classmethod
     def align(
