@@ -204,3 +204,42 @@ def test_id_index_finds_each_id_and_nothing_else(largest: int) -> None:
     pairs = asked[: len(asked) // 2 * 2].reshape(-1, 2)
     assert (index.positions(pairs) == expected[: pairs.size].reshape(-1, 2)).all()
     assert IdIndex(np.empty(0, np.int64)).positions([1, 2]).tolist() == [-1, -1]
+
+
+def test_a_long_historys_latest_ratings_are_kept_until_the_users_next_rating() -> None:
+    import numpy as np
+    import polars as pl
+
+    from services.common import history as history_module
+    from services.common.history import KEEP_LATEST_FROM, UserHistory, latest_ratings
+
+    n = KEEP_LATEST_FROM + 10
+    ratings = pl.DataFrame(
+        {
+            "user_id": [1] * n + [2] * 3,
+            "movie_id": [*range(n), 5, 6, 5],  # user 2 re-rated movie 5
+            "rating": [4.0] * n + [1.0, 2.0, 3.0],
+            "event_timestamp": pl.Series([*range(n), 10, 11, 12]).cast(pl.Datetime("us", "UTC")),
+        }
+    )
+    history = UserHistory.from_frame(ratings, 3.5)
+    first = history.latest(1)
+    assert history.latest(1) is first, "a long history's answer is kept"
+    assert not first[0].flags.writeable, "and shared read-only"
+    assert history.latest(2) is not history.latest(2), "a short one is not kept"
+    assert history.latest(2)[1].tolist() == [3.0, 2.0]
+    history.add(np.array([1]), np.array([7]), np.array([1.0], np.float32), np.array([n + 5]))
+    movies, stars, _ = history.latest(1)
+    assert movies[0] == 7 and stars[0] == 1.0 and len(movies) == n, "a rating replaces what was kept"
+    for array, expected in zip(history.latest(1), latest_ratings(*history.history_of(1)), strict=True):
+        assert (array == expected).all()
+    # bounded: the least recently asked history goes first
+    many = pl.concat([ratings.with_columns(user_id=pl.lit(u, pl.Int64)) for u in range(10, 15)])
+    crowded = UserHistory.from_frame(many, 3.5)
+    limit, history_module.KEEP_LATEST_USERS = history_module.KEEP_LATEST_USERS, 3
+    try:
+        for user in range(10, 15):
+            crowded.latest(user)
+        assert list(crowded.kept_latest) == [12, 13, 14]
+    finally:
+        history_module.KEEP_LATEST_USERS = limit

@@ -28,7 +28,7 @@ from torch import nn
 from services.candidates.logic import eligible_pool
 from services.common.catalog import Catalog
 from services.common.experiments import Overrides
-from services.common.history import UserHistory
+from services.common.history import UserHistory, latest_ratings
 from services.ranker.encoding import ServingEncoder, user_columns
 from services.ranker.scoring import score_encoded
 from services.recall.features import UserProfile, channel_scores, user_profile
@@ -283,7 +283,7 @@ class HistoryUntil:
         return movies[keep], ratings[keep], timestamps[keep]
 
     def latest(self, user_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return UserHistory.latest(self, user_id)  # type: ignore[arg-type]  # it reads history_of only
+        return latest_ratings(*self.history_of(user_id))
 
     def rated(self, user_id: int) -> np.ndarray:
         return self.history_of(user_id)[0]
