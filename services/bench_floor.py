@@ -122,36 +122,24 @@ def capture_messages(settings: Any, user_id: int, k: int, directory: Path) -> di
 
 
 # ------------------------------------------------------------------------------------------ processes
-def _serve_recall(directory: Path, port: int) -> None:
+def _serve_answer(
+    role: str, pb2: Any, pb2_grpc: Any, service: str, method: str, directory: Path, port: int
+) -> None:
+    """A ``service`` whose ``method`` answers the captured ``<role>_response``, on the services' bootstrap."""
     from services.common.server import run_service
 
-    reply = _read(directory, "recall_response")
+    reply = _read(directory, f"{role}_response")
 
-    class FloorRecall(recall_pb2_grpc.RecallServiceServicer):
-        async def Recall(self, request, context):
-            return reply
+    async def answer(self: Any, request: Any, context: Any) -> Any:
+        return reply
 
-    async def register(server: grpc.aio.Server) -> list[str]:
-        recall_pb2_grpc.add_RecallServiceServicer_to_server(FloorRecall(), server)
-        return [recall_pb2.DESCRIPTOR.services_by_name["RecallService"].full_name]
-
-    run_service("floor-recall", register, port)
-
-
-def _serve_rerank(directory: Path, port: int) -> None:
-    from services.common.server import run_service
-
-    reply = _read(directory, "rerank_response")
-
-    class FloorRerank(rerank_pb2_grpc.RerankServiceServicer):
-        async def Rerank(self, request, context):
-            return reply
+    servicer = type(f"Floor{service}", (getattr(pb2_grpc, f"{service}Servicer"),), {method: answer})()
 
     async def register(server: grpc.aio.Server) -> list[str]:
-        rerank_pb2_grpc.add_RerankServiceServicer_to_server(FloorRerank(), server)
-        return [rerank_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name]
+        getattr(pb2_grpc, f"add_{service}Servicer_to_server")(servicer, server)
+        return [pb2.DESCRIPTOR.services_by_name[service].full_name]
 
-    run_service("floor-rerank", register, port)
+    run_service(f"floor-{role}", register, port)
 
 
 def _serve_ranker(directory: Path, grpc_port: int, http_port: int) -> None:
@@ -248,9 +236,13 @@ def main(argv: list[str] | None = None) -> None:
 
     threadpool_limits(limits=1, user_api="blas")
     if args.role == "recall":
-        _serve_recall(args.messages, args.port)
+        _serve_answer(
+            "recall", recall_pb2, recall_pb2_grpc, "RecallService", "Recall", args.messages, args.port
+        )
     elif args.role == "rerank":
-        _serve_rerank(args.messages, args.port)
+        _serve_answer(
+            "rerank", rerank_pb2, rerank_pb2_grpc, "RerankService", "Rerank", args.messages, args.port
+        )
     elif args.role == "ranker":
         _serve_ranker(args.messages, args.port, args.http_port)
     else:
