@@ -289,7 +289,10 @@ def _start_floor(
                 )
             started[role] = (process, ports[role])
         for role, (process, port) in started.items():
-            wait_healthy(role, port, 120, process=process)
+            try:
+                wait_healthy(role, port, 120, process=process)
+            except StarlingError as exc:
+                raise StarlingError(f"floor {exc} (log: {log_dir / f'floor-{role}.log'})") from exc
     except BaseException:
         _stop(started)
         raise
