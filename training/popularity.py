@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from services.common.id_index import IdIndex
 from starling.errors import StarlingError
 
 
@@ -36,12 +37,10 @@ class PopularityScorer:
 
     def score(self, movie_ids: np.ndarray) -> np.ndarray:
         """Train rating count of each movie (0 for movies never rated in train), as float64."""
-        movie_ids = np.asarray(movie_ids, dtype=np.int64)
-        position = np.searchsorted(self.movie_ids, movie_ids).clip(0, max(len(self.movie_ids) - 1, 0))
+        position = IdIndex(self.movie_ids).positions(movie_ids)
         if len(self.movie_ids) == 0:
-            return np.zeros(movie_ids.shape, dtype=np.float64)
-        found = self.movie_ids[position] == movie_ids
-        return np.where(found, self.rating_counts[position], 0).astype(np.float64)
+            return np.zeros(position.shape, dtype=np.float64)
+        return np.where(position >= 0, self.rating_counts[np.maximum(position, 0)], 0).astype(np.float64)
 
     def score_frame(self, rows: pl.DataFrame) -> np.ndarray:
         """Scores for (user, movie) rows of a frame with a ``movie_id`` column; the user does not matter."""

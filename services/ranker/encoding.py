@@ -15,6 +15,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import polars as pl
 
+from services.common.id_index import IdIndex
 from starling.features.spec import (
     CANDIDATE_FEATURES,
     MOVIE_FEATURE_COLUMNS,
@@ -71,6 +72,7 @@ class ServingEncoder:
         movies = movie_features.select("movie_id", *MOVIE_FEATURE_COLUMNS).sort("movie_id")
         self.spec = spec
         self.movie_ids = movies["movie_id"].to_numpy().astype(np.int64)
+        self.id_index = IdIndex(self.movie_ids)
         # A last all-null row stands for any movie missing from the cache.
         nulls = [pl.lit(None).alias(column) for column in ("user_id", *USER_FEATURE_COLUMNS)]
         nulls += [pl.lit(None, dtype=pl.Float64).alias(column) for column in spec.candidate_stats]
@@ -82,10 +84,8 @@ class ServingEncoder:
 
     def movie_rows(self, movie_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Encoded-row index for each movie id (the null row for unknown ids) and a found mask."""
-        if len(self.movie_ids) == 0:
-            return np.zeros(len(movie_ids), dtype=np.int64), np.zeros(len(movie_ids), dtype=bool)
-        pos = np.minimum(np.searchsorted(self.movie_ids, movie_ids), len(self.movie_ids) - 1)
-        found = self.movie_ids[pos] == movie_ids
+        pos = self.id_index.positions(movie_ids)
+        found = pos >= 0
         return np.where(found, pos, len(self.movie_ids)), found
 
     def encode(

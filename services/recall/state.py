@@ -249,11 +249,9 @@ class RecallModel:
         vector until training gives it its own."""
         movie_ids = np.asarray(movie_ids, dtype=np.int64)
         n = len(state.movie_ids)
-        if n:
-            pos = np.minimum(np.searchsorted(state.movie_ids, movie_ids), n - 1)
-            found = state.movie_ids[pos] == movie_ids
-        else:
-            pos, found = np.zeros(len(movie_ids), np.int64), np.zeros(len(movie_ids), bool)
+        pos = sorted_positions(state.movie_ids, movie_ids)
+        found = pos >= 0
+        pos = np.maximum(pos, 0)
 
         def take(array: np.ndarray, missing: float) -> np.ndarray:
             if n == 0:
