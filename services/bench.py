@@ -94,22 +94,26 @@ async def _drive(
     }
 
 
-def service_cpu_seconds(workdir: Path) -> dict[str, float]:
-    """CPU seconds (user + system) each service process of WORKDIR's stack has used, its child processes
-    (milvus-lite's server) included; services that are gone are left out."""
+def process_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) each process ``{name: pid}`` has used, its child processes (milvus-lite's
+    server) included; processes that are gone are left out."""
     import psutil
 
-    from starling.local import read_state
-
     used: dict[str, float] = {}
-    for service in read_state(workdir):
+    for name, pid in pids.items():
         try:
-            process = psutil.Process(service.pid)
-            tree = [process, *process.children(recursive=True)]
-            used[service.name] = sum(sum(p.cpu_times()[:2]) for p in tree)
+            process = psutil.Process(pid)
+            used[name] = sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
         except psutil.Error:
             continue
     return used
+
+
+def service_cpu_seconds(workdir: Path) -> dict[str, float]:
+    """:func:`process_cpu_seconds` of every service process of WORKDIR's stack."""
+    from starling.local import read_state
+
+    return process_cpu_seconds({service.name: service.pid for service in read_state(workdir)})
 
 
 def wait_until_quiet(

@@ -310,19 +310,6 @@ def _stop(processes: dict[str, tuple[subprocess.Popen, int]]) -> None:
             process.kill()
 
 
-def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    import psutil
-
-    used = {}
-    for name, pid in pids.items():
-        try:
-            process = psutil.Process(pid)
-            used[name] = sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
-        except psutil.Error:
-            continue
-    return used
-
-
 def _median(values: list[float]) -> float:
     return round(float(np.median(values)), 3) if values else float("nan")
 
@@ -340,7 +327,13 @@ def bench_floor(
     the server CPU per request of each process (and of this client), and real over floor."""
     import psutil
 
-    from services.bench import WARMUP_REQUESTS, _drive, service_cpu_seconds, wait_until_quiet
+    from services.bench import (
+        WARMUP_REQUESTS,
+        _drive,
+        process_cpu_seconds,
+        service_cpu_seconds,
+        wait_until_quiet,
+    )
     from starling.local import is_healthy, read_state
 
     if rounds < 1 or burst_s <= 0 or not concurrency or min(concurrency) < 1 or k < 1:
@@ -361,7 +354,7 @@ def bench_floor(
         floor = _start_floor(Path(tmp), workdir, settings, workdir / "run" / "logs")
         try:
             stacks = {
-                "floor": (f"127.0.0.1:{floor['recommend'][1]}", lambda: _cpu_seconds({r: p.pid for r, (p, _) in floor.items()})),
+                "floor": (f"127.0.0.1:{floor['recommend'][1]}", lambda: process_cpu_seconds({r: p.pid for r, (p, _) in floor.items()})),
                 "real": (f"127.0.0.1:{settings.recommend_port}", lambda: service_cpu_seconds(workdir)),
             }  # fmt: skip
             waited = wait_until_quiet(workdir)
