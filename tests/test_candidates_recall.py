@@ -18,10 +18,16 @@ from services.common.catalog import Catalog
 from services.common.errors import InvalidArgument
 from services.common.history import UserHistory
 from services.common.server import start_service
-from services.recall.features import UserProfile, channel_scores, user_profile
+from services.recall.features import (
+    MOVIE_FEATURES,
+    UserProfile,
+    candidate_features,
+    channel_scores,
+    user_profile,
+)
 from services.recall.logic import ChannelResult, ann_limit, exact_nearest, merge_channels, recall
 from services.recall.server import RecallServicer
-from services.recall.state import RecallModel, RecallParams, RecallState, fold_in
+from services.recall.state import MOVIE_BLOCK, RecallModel, RecallParams, RecallState, fold_in
 from services.recall.vector_index import VectorIndex
 from starling.config import Settings
 from starling.features.spec import CANDIDATE_FEATURES
@@ -274,6 +280,42 @@ def test_recall_channels_and_features_for_warm_and_cold_users(world) -> None:
     assert set(cold_channels) == {"popular"}
     assert np.isnan(cold_features[:, column["user_rating_count_log"]]).all()
     assert np.isnan(cold_features[:, column["ease_score"]]).all()
+
+
+def test_movie_features_come_from_one_row_per_movie(world) -> None:
+    """The movie-only candidate features are read from RecallModel.movie_block; its rows equal what the
+    model's per-movie arrays say (missing release years and first ratings stay NaN)."""
+    ratings, _, state, catalog = world
+    years = catalog.release_years.copy()
+    years[0] = 0  # one movie without a release year
+    model = RecallModel.align(state, catalog.movie_ids, years, catalog.genre_matrix)
+    assert CANDIDATE_FEATURES[:MOVIE_FEATURES] == MOVIE_BLOCK[:MOVIE_FEATURES]
+    block = model.movie_block
+    assert block.shape == (len(catalog), len(MOVIE_BLOCK)) and block.flags.c_contiguous
+    column = {name: i for i, name in enumerate(MOVIE_BLOCK)}
+    days = np.maximum(model.reference_s - model.first_rated_s, 0.0) / 86_400.0
+    expected = {
+        "popularity_mid": np.log1p(model.like_popularity[:, 1]),
+        "popularity_rank_long": model.popularity_ranks[:, 2],
+        "rating_count_log": np.log1p(model.rating_count),
+        "shrunk_rating": model.shrunk_rating,
+        "days_since_first_rating": np.log1p(days),
+        "release_year": np.where(years > 0, years, np.nan),
+        "movie_age_years": model.reference_year - np.where(years > 0, years, np.nan),
+    }
+    for name, values in expected.items():
+        np.testing.assert_array_equal(block[:, column[name]], values, err_msg=name)
+    assert np.isnan(block[0, column["movie_age_years"]])
+
+    history = UserHistory.from_frame(ratings, 3.5)
+    profile = user_profile(model, *history.latest(2), 3.5)
+    rows = np.arange(len(catalog))
+    features = candidate_features(
+        model, profile, rows, channel_scores(model, profile), np.ones(len(rows), bool)
+    )
+    np.testing.assert_array_equal(features[:, :MOVIE_FEATURES], block[:, :MOVIE_FEATURES].astype(np.float32))
+    year_gap = features[:, CANDIDATE_FEATURES.index("year_gap")]
+    assert np.isnan(year_gap[0]) and np.isfinite(year_gap[1:]).all()
 
 
 def test_recall_and_candidate_services_with_milvus_lite(world, tmp_path: Path) -> None:

@@ -13,11 +13,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.recall.state import SECONDS_PER_DAY, RecallModel, fold_in
+from services.recall.state import MOVIE_BLOCK, SECONDS_PER_DAY, RecallModel, fold_in
 from starling.features.spec import CANDIDATE_FEATURES
 
 SECONDS_PER_YEAR = 365.2425 * SECONDS_PER_DAY
 TASTE_LIKES = 10  # the user's current taste: genres of their 10 most recent likes
+#: The candidate features of the movie alone: CANDIDATE_FEATURES' first columns, as RecallModel.movie_block
+#: holds them.
+MOVIE_FEATURES = 12
+_COLUMN = {name: i for i, name in enumerate(CANDIDATE_FEATURES)}
+_RELEASE_YEAR, _FIRST_DAYS, _MOVIE_AGE = (
+    MOVIE_BLOCK.index(name) for name in ("release_year", "days_since_first_rating_raw", "movie_age_years")
+)
 
 
 @dataclass(frozen=True)
@@ -153,26 +160,14 @@ def candidate_features(
     reference = model.reference_s
     n = len(rows)
     out = np.full((n, len(CANDIDATE_FEATURES)), np.nan, dtype=np.float64)
-    column = {name: i for i, name in enumerate(CANDIDATE_FEATURES)}
 
     def put(name: str, values: np.ndarray | float) -> None:
-        out[:, column[name]] = values
+        out[:, _COLUMN[name]] = values
 
-    # The movie.
-    popularity = model.like_popularity[rows]
-    for j, horizon in enumerate(("short", "mid", "long")):
-        put(f"popularity_{horizon}", np.log1p(popularity[:, j]))
-        put(f"popularity_rank_{horizon}", model.popularity_ranks[rows, j])
-    put("rating_count_log", np.log1p(model.rating_count[rows]))
-    put("like_count_rank", model.like_count_rank[rows])
-    put("shrunk_rating", model.shrunk_rating[rows])
-    put("shrunk_like_rate", model.shrunk_like_rate[rows])
-    first_days = np.maximum(reference - model.first_rated_s[rows], 0.0) / SECONDS_PER_DAY
-    put("days_since_first_rating", np.log1p(first_days))
-    years = model.release_years[rows].astype(np.float64)
-    years = np.where(years > 0, years, np.nan)
-    movie_age = model.reference_year - years
-    put("movie_age_years", movie_age)
+    # The movie: one gathered row per candidate (RecallModel.movie_block), then the derived columns.
+    block = model.movie_block[rows]
+    out[:, :MOVIE_FEATURES] = block[:, :MOVIE_FEATURES]
+    years, first_days, movie_age = block[:, _RELEASE_YEAR], block[:, _FIRST_DAYS], block[:, _MOVIE_AGE]
 
     # The user.
     if profile.is_known:

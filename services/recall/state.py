@@ -30,6 +30,26 @@ STATE_DIR = "recall"
 PARAMS_FILE = "params.json"
 ARRAYS_FILE = "state.npz"
 SECONDS_PER_DAY = 86_400.0
+HORIZONS = ("short", "mid", "long")  # the candidate features' names for like_popularity's first three columns
+#: The columns of :attr:`RecallModel.movie_block`: the movie-only candidate features (CANDIDATE_FEATURES' first
+#: twelve, in that order), then the release year (NaN = unknown) and the days since the first rating, which
+#: the user-and-movie features start from.
+MOVIE_BLOCK: tuple[str, ...] = (
+    "popularity_short",
+    "popularity_mid",
+    "popularity_long",
+    "popularity_rank_short",
+    "popularity_rank_mid",
+    "popularity_rank_long",
+    "rating_count_log",
+    "like_count_rank",
+    "shrunk_rating",
+    "shrunk_like_rate",
+    "days_since_first_rating",
+    "movie_age_years",
+    "release_year",
+    "days_since_first_rating_raw",
+)
 
 
 def _default_quotas() -> dict[str, int]:
@@ -230,6 +250,36 @@ class RecallModel:
         """The catalog row of each movie id; -1 where it is not in the catalog."""
         return self.id_index.positions(ids)
 
+    @cached_property
+    def movie_block(self) -> np.ndarray:
+        """float64 [movies, len(MOVIE_BLOCK)]: what each candidate's features read of the movie alone, one
+        row per movie, so that a request gathers one contiguous row per candidate instead of a dozen
+        scattered arrays. Derived from this model's arrays only, so it is built once per aligned model
+        (:meth:`align` builds it, off the request path)."""
+        popularity = self.like_popularity
+        if popularity.ndim != 2 or popularity.shape[1] < 3:
+            raise StarlingError(
+                f"candidate features need 3 popularity horizons; the state has {popularity.shape}"
+            )
+        first_days = np.maximum(self.reference_s - self.first_rated_s, 0.0) / SECONDS_PER_DAY
+        years = self.release_years.astype(np.float64)
+        years = np.where(years > 0, years, np.nan)
+        columns = {
+            **{f"popularity_{h}": np.log1p(popularity[:, j]) for j, h in enumerate(HORIZONS)},
+            **{f"popularity_rank_{h}": self.popularity_ranks[:, j] for j, h in enumerate(HORIZONS)},
+            "rating_count_log": np.log1p(self.rating_count),
+            "like_count_rank": self.like_count_rank,
+            "shrunk_rating": self.shrunk_rating,
+            "shrunk_like_rate": self.shrunk_like_rate,
+            "days_since_first_rating": np.log1p(first_days),
+            "movie_age_years": self.reference_year - years,
+            "release_year": years,
+            "days_since_first_rating_raw": first_days,
+        }
+        return np.ascontiguousarray(
+            np.stack([columns[name] for name in MOVIE_BLOCK], axis=1), dtype=np.float64
+        )
+
     @classmethod
     def align(
         cls,
@@ -301,7 +351,7 @@ class RecallModel:
         vectors = new_movie_vectors(known_vectors, settled | keep, genre_matrix, text_vectors, known=learnt)
         neighbour_ids = take(state.neighbour_ids, -1)
         neighbour_rows = sorted_positions(movie_ids, neighbour_ids.ravel()).reshape(neighbour_ids.shape)
-        return cls(
+        model = cls(
             state=state,
             movie_ids=movie_ids,
             release_years=np.asarray(release_years, dtype=np.int32),
@@ -327,6 +377,8 @@ class RecallModel:
             has_vector=np.any(vectors != 0, axis=1),
             text_vectors=text_vectors,
         )
+        model.movie_block  # noqa: B018 - built here, where the model is made, not by the first request
+        return model
 
 
 CONTENT_NEIGHBOURS = 50  # known movies whose vectors a new movie's text neighbourhood averages
