@@ -13,14 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.recall.state import MOVIE_BLOCK, SECONDS_PER_DAY, RecallModel, fold_in
+from services.recall.state import MOVIE_BLOCK, MOVIE_FEATURES, SECONDS_PER_DAY, RecallModel, fold_in
 from starling.features.spec import CANDIDATE_FEATURES
 
 SECONDS_PER_YEAR = 365.2425 * SECONDS_PER_DAY
 TASTE_LIKES = 10  # the user's current taste: genres of their 10 most recent likes
-#: The candidate features of the movie alone: CANDIDATE_FEATURES' first columns, as RecallModel.movie_block
-#: holds them.
-MOVIE_FEATURES = 12
 _COLUMN = {name: i for i, name in enumerate(CANDIDATE_FEATURES)}
 _RELEASE_YEAR, _FIRST_DAYS, _MOVIE_AGE = (
     MOVIE_BLOCK.index(name) for name in ("release_year", "days_since_first_rating_raw", "movie_age_years")

@@ -25,28 +25,19 @@ import numpy as np
 
 from services.common.id_index import IdIndex
 from starling.errors import StarlingError
+from starling.features.spec import CANDIDATE_FEATURES
 
 STATE_DIR = "recall"
 PARAMS_FILE = "params.json"
 ARRAYS_FILE = "state.npz"
 SECONDS_PER_DAY = 86_400.0
 HORIZONS = ("short", "mid", "long")  # the candidate features' names for like_popularity's first three columns
-#: The columns of :attr:`RecallModel.movie_block`: the movie-only candidate features (CANDIDATE_FEATURES' first
-#: twelve, in that order), then the release year (NaN = unknown) and the days since the first rating, which
-#: the user-and-movie features start from.
+#: The candidate features of the movie alone: CANDIDATE_FEATURES' first columns.
+MOVIE_FEATURES = 12
+#: The columns of :attr:`RecallModel.movie_block`: the movie-only candidate features, then the release year
+#: (NaN = unknown) and the days since the first rating, which the user-and-movie features start from.
 MOVIE_BLOCK: tuple[str, ...] = (
-    "popularity_short",
-    "popularity_mid",
-    "popularity_long",
-    "popularity_rank_short",
-    "popularity_rank_mid",
-    "popularity_rank_long",
-    "rating_count_log",
-    "like_count_rank",
-    "shrunk_rating",
-    "shrunk_like_rate",
-    "days_since_first_rating",
-    "movie_age_years",
+    *CANDIDATE_FEATURES[:MOVIE_FEATURES],
     "release_year",
     "days_since_first_rating_raw",
 )
