@@ -17,7 +17,7 @@ NEIGHBOUR_BLOCK = 1024  # items per block of the co-like product (bounds memory 
 def likes_matrix(
     user_rows: np.ndarray, item_cols: np.ndarray, shape: tuple[int, int], weights: np.ndarray | None = None
 ) -> sp.csr_matrix:
-    """float32 CSR [users x items]; duplicates collapse to one (or to the last weight)."""
+    """float32 CSR [users x items]; duplicates collapse to one (with ``weights``: their weights add up)."""
     data = np.ones(len(user_rows), np.float32) if weights is None else weights.astype(np.float32)
     matrix = sp.csr_matrix((data, (user_rows, item_cols)), shape=shape, dtype=np.float32)
     matrix.sum_duplicates()
