@@ -117,7 +117,7 @@ BACKEND = web.AppKey("backend", Backend)
 def parse_id(text: str, what: str) -> int:
     """A path or body id: a non-negative integer that fits int64."""
     if not (text.isascii() and text.isdigit()) or int(text) > INT64_MAX:
-        raise BadRequest(f"{what} must be a non-negative integer, got {text!r}")
+        raise BadRequest(f"{what} must be an integer from 0 to {INT64_MAX}, got {text!r}")
     return int(text)
 
 
@@ -138,7 +138,7 @@ def query_int(request: web.Request, name: str, default: int) -> int:
 def body_id(body: dict[str, Any], field: str) -> int:
     value = body.get(field)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
-        raise BadRequest(f"{field} must be a non-negative integer, got {json.dumps(value)}")
+        raise BadRequest(f"{field} must be an integer from 0 to {INT64_MAX}, got {json.dumps(value)}")
     return value
 
 
